@@ -1,0 +1,40 @@
+//! The Tidings wire protocol, shared by the server and the browser SDK.
+//!
+//! Every frame is one JSON object in a WebSocket text frame, tagged by its `"type"` field.
+//! The core messages are exactly those of the original Python template, so a client written
+//! for the template keeps working; everything newer is an optional field or a new type.
+//!
+//! * [`client`] — what a client sends ([`ClientMessage`]).
+//! * [`server`] — what the server sends ([`ServerMessage`]).
+//! * [`codes`] — stable error codes ([`ErrorCode`]) and WebSocket close codes ([`CloseCode`]).
+//! * [`decode`] — the one decoder both sides use, with errors precise enough to answer
+//!   `INVALID_MESSAGE` vs `INVALID_MESSAGE_TYPE`.
+//!
+//! This crate does no I/O and builds for `wasm32-unknown-unknown`.
+//!
+//! Architecture invariant: this is the only crate that knows the JSON shape of a frame.
+
+pub mod client;
+pub mod codes;
+pub mod decode;
+pub mod server;
+
+pub use client::{ClientMessage, NewEvent, Position};
+pub use codes::{CloseCode, ErrorCode};
+pub use decode::DecodeError;
+pub use serde_json::value::RawValue;
+pub use server::ServerMessage;
+
+/// The protocol revision this crate speaks; sent in `connected.protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A JSON value kept as the exact text the sender wrote.
+///
+/// Payloads (`data`) are never inspected by the server, so they are carried as raw JSON:
+/// no parse into a tree and back on the publish path, and numbers keep their exact spelling.
+pub type Json = Box<RawValue>;
+
+/// The JSON `null`, used where a template client omitted `data`.
+pub fn json_null() -> Json {
+    Json::default()
+}

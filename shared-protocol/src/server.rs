@@ -1,0 +1,289 @@
+//! Messages the server sends to a client.
+//!
+//! The template's messages (`connected`, `subscribed`, `unsubscribed`, `message`, `pong`,
+//! `heartbeat`, `error`) keep their fields; additions are optional so that a decoder of
+//! this crate also reads a template server's frames.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Json};
+
+/// Any message the server may send, tagged by `"type"`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The first frame of every connection.
+    Connected(Connected),
+    /// Reply to `subscribe`.
+    Subscribed(Subscribed),
+    /// Reply to `unsubscribe`.
+    Unsubscribed(Unsubscribed),
+    /// A message published to a subscribed topic.
+    Message(Message),
+    /// Reply to `ping`.
+    Pong(Pong),
+    /// Sent on an interval so clients (and proxies) see a live connection.
+    Heartbeat(Heartbeat),
+    /// A request failed; the connection stays open.
+    Error(Error),
+    /// Acknowledges a `publish` that carried a `ref`.
+    Published(Published),
+    /// Reply to `auth`: the new token is in force.
+    Authenticated(Authenticated),
+    /// Reply to `history`.
+    History(HistoryPage),
+    /// Reply to `append`.
+    Appended(Appended),
+    /// Reply to `read`.
+    Events(Events),
+}
+
+/// `connected`: template fields `client_id` and `timestamp`, plus session facts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connected {
+    /// Unique per connection (two tabs of one user get two ids).
+    pub client_id: String,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+    /// Protocol revision ([`crate::PROTOCOL_VERSION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// The server's heartbeat interval in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+    /// The authenticated identity (`sub` or `user_id` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `subscribed`: template field `topics` (every topic the connection is now subscribed to).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// All current subscriptions of the connection, as the template reports them.
+    pub topics: Vec<String>,
+    /// For topics subscribed with `since`: whether every missed message was replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<BTreeMap<String, bool>>,
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
+/// `unsubscribed`: template field `topics` (the subscriptions that remain).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// All remaining subscriptions of the connection, as the template reports them.
+    pub topics: Vec<String>,
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
+/// `message`: template fields `topic`, `data`, `from`, `timestamp`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: String,
+    /// The publisher's payload, unchanged.
+    pub data: Json,
+    /// The publisher's `client_id` (or `"server"` for messages published by a backend).
+    pub from: String,
+    /// When the server accepted it, RFC 3339.
+    pub timestamp: String,
+    /// Position in the topic's history (durable topics only): starts at 1, no gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The history the offset belongs to (durable topics only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+/// `pong`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pong {
+    /// Echo of the ping's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
+/// `heartbeat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Server time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+}
+
+/// `error`: template fields `code` and `message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Error {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Echo of the failed request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// With `VERSION_CONFLICT`: the stream's actual version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+/// `published`: the publish was accepted (and, on a durable topic, stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Published {
+    /// Echo of the publish's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The topic published to.
+    pub topic: String,
+    /// The stored message's offset (durable topics only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The topic's epoch (durable topics only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+/// `authenticated`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Authenticated {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The identity (unchanged by a refresh).
+    pub user: String,
+    /// The new token's expiry, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// `history`: one page of a topic's stored messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// The topic's current epoch.
+    pub epoch: String,
+    /// Stored messages in offset order, each shaped like a `message` (with `offset`).
+    pub messages: Vec<Message>,
+    /// The topic's latest offset (0 when empty): more pages exist if the last message's
+    /// offset is lower.
+    pub latest: u64,
+}
+
+/// `appended`: the events are stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Appended {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The stream.
+    pub stream: String,
+    /// The stream's version after the append (the last event's version).
+    pub version: u64,
+}
+
+/// One stored event of a stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Its version in the stream: starts at 1, no gaps.
+    pub version: u64,
+    /// The event's type.
+    pub r#type: String,
+    /// The event's payload.
+    pub data: Json,
+    /// When it was stored, RFC 3339.
+    pub timestamp: String,
+}
+
+/// A stream's state folded up to a version, saved so loads need not replay everything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The version the state includes.
+    pub version: u64,
+    /// The folded state.
+    pub state: Json,
+}
+
+/// `events`: reply to `read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Events {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The stream.
+    pub stream: String,
+    /// The stream's current version (0 when it does not exist).
+    pub version: u64,
+    /// The latest snapshot at or after `from_version`, if any; `events` then follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    /// Events after the snapshot (or after `from_version`), in version order.
+    pub events: Vec<StoredEvent>,
+}
+
+impl ServerMessage {
+    /// The wire name of this message's type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Connected(_) => "connected",
+            ServerMessage::Subscribed(_) => "subscribed",
+            ServerMessage::Unsubscribed(_) => "unsubscribed",
+            ServerMessage::Message(_) => "message",
+            ServerMessage::Pong(_) => "pong",
+            ServerMessage::Heartbeat(_) => "heartbeat",
+            ServerMessage::Error(_) => "error",
+            ServerMessage::Published(_) => "published",
+            ServerMessage::Authenticated(_) => "authenticated",
+            ServerMessage::History(_) => "history",
+            ServerMessage::Appended(_) => "appended",
+            ServerMessage::Events(_) => "events",
+        }
+    }
+
+    /// Encode as one JSON text frame.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and every
+        // `Json` value is already valid JSON.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"INTERNAL","message":"encode failed: {e}"}}"#)
+        })
+    }
+
+    /// An `error` reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>, r#ref: Option<String>) -> Self {
+        ServerMessage::Error(Error {
+            code,
+            message: message.into(),
+            r#ref,
+            current_version: None,
+        })
+    }
+
+    /// Decode one text frame. See [`crate::decode`].
+    pub fn decode(text: &str) -> Result<ServerMessage, crate::DecodeError> {
+        use crate::decode::{body, peek_type};
+        let kind = peek_type(text)?;
+        Ok(match kind.as_ref() {
+            "connected" => ServerMessage::Connected(body(&kind, text)?),
+            "subscribed" => ServerMessage::Subscribed(body(&kind, text)?),
+            "unsubscribed" => ServerMessage::Unsubscribed(body(&kind, text)?),
+            "message" => ServerMessage::Message(body(&kind, text)?),
+            "pong" => ServerMessage::Pong(body(&kind, text)?),
+            "heartbeat" => ServerMessage::Heartbeat(body(&kind, text)?),
+            "error" => ServerMessage::Error(body(&kind, text)?),
+            "published" => ServerMessage::Published(body(&kind, text)?),
+            "authenticated" => ServerMessage::Authenticated(body(&kind, text)?),
+            "history" => ServerMessage::History(body(&kind, text)?),
+            "appended" => ServerMessage::Appended(body(&kind, text)?),
+            "events" => ServerMessage::Events(body(&kind, text)?),
+            _ => return Err(crate::DecodeError::UnknownType(kind.into_owned())),
+        })
+    }
+}
