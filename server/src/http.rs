@@ -1,0 +1,187 @@
+//! HTTP routes: the WebSocket upgrade on `/ws`, `/health` and `/metrics`.
+//!
+//! Every refusal happens before the upgrade, with an HTTP status and a JSON body shaped like
+//! the protocol's `error` message, so a client never gets a working socket it may not have.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tidings_protocol::ErrorCode;
+
+use crate::connection;
+use crate::limits::LimitError;
+use crate::state::Shared;
+
+/// The router of one server instance.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// `?token=` on the upgrade request.
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The client's IP, when the server was started with connect info (the `tidings` binary
+/// always is; an app nesting the router may not be, and then per-IP limits do not apply).
+struct PeerIp(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ci| ci.0.ip()),
+        ))
+    }
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = json!({"type": "error", "code": code, "message": message.into()});
+    (status, Json(body)).into_response()
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    PeerIp(ip): PeerIp,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if shared.shutdown.is_cancelled() {
+        shared.metrics.refused("shutting_down");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "server is shutting down",
+        );
+    }
+    if !origin_allowed(&shared.config.allowed_origins, &headers) {
+        shared.metrics.refused("origin");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
+    let token = query.token.or_else(|| bearer(&headers)).unwrap_or_default();
+    let identity = match shared.auth.verify(&token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            shared.metrics.refused("auth");
+            tracing::debug!(error = %e, "refused token");
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            );
+        }
+    };
+    let permit = match shared.limits.acquire(ip) {
+        Ok(permit) => permit,
+        Err(e @ LimitError::Total(_)) => {
+            shared.metrics.refused("max_connections");
+            tracing::warn!("refusing connection: {e}");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                e.to_string(),
+            );
+        }
+        Err(e @ LimitError::PerIp(_)) => {
+            shared.metrics.refused("max_connections_per_ip");
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::Unavailable,
+                e.to_string(),
+            );
+        }
+    };
+    let config = &shared.config;
+    let limit = config.max_message_bytes;
+    let tracker = shared.sessions.clone();
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::run(socket, shared, identity, permit))
+        })
+}
+
+/// Initial read buffer per connection: small, because most connections are idle most of
+/// the time; tungstenite grows it for larger frames.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before a write is forced; the writer flushes after each batch anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
+}
+
+/// Browsers always send `Origin` on a WebSocket upgrade; other clients usually do not.
+/// With an allow-list configured, a browser from another origin is refused.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+        Some(Err(_)) => false,
+    }
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let shutting_down = shared.shutdown.is_cancelled();
+    let body = json!({
+        "status": if shutting_down { "shutting_down" } else { "healthy" },
+        "clients": shared.limits.current(),
+        "topics": shared.hub.topic_count(),
+        "subscriptions": shared.metrics.subscriptions.get(),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": shared.node,
+        "store": "memory",
+    });
+    let status = if shutting_down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}

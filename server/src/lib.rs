@@ -1,0 +1,177 @@
+//! Tidings server: real-time pub/sub over WebSocket, as a library and the `tidings` binary.
+//!
+//! Map of the crate (each module has one job):
+//!
+//! * [`config`] — every setting and its default.
+//! * `auth` — JWT verification, identities and topic permissions; token minting.
+//! * `topic` — topic name rules and permission patterns.
+//! * `http` — the axum routes: `/ws` upgrade (all refusals happen here), `/health`, `/metrics`.
+//! * `connection` — socket glue: reader loop, writer task, heartbeats, close codes.
+//! * `session` — one connection's protocol logic, no I/O (unit-tested on the host).
+//! * `hub` — topic → subscriber mailboxes; encode-once fan-out that never waits.
+//! * `limits` — connection counts in total and per IP.
+//! * `metrics` — the Prometheus registry of one instance.
+//!
+//! Embedding: build a [`Tidings`], nest [`Tidings::router`] in your app, publish from your
+//! code with [`Tidings::publish`], and call [`Tidings::shutdown`] on the way out.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tidings_server::{Config, Tidings};
+//! let tidings = Tidings::new(Config { jwt_secret: Some("change-me".into()), ..Config::default() })?;
+//! let app = axum::Router::new().nest("/realtime", tidings.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! tidings.publish("news", &serde_json::json!({"headline": "hello"}))?;
+//! tidings_server::serve(listener, app, &tidings, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod clock;
+pub mod config;
+mod connection;
+mod http;
+mod hub;
+mod limits;
+mod metrics;
+mod session;
+mod state;
+mod topic;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use auth::{AuthError, TokenSpec, mint as mint_token};
+pub use config::{Config, ConfigError};
+pub use hub::Delivery;
+
+use state::Shared;
+
+/// One Tidings server instance: its hub, limits, metrics and shutdown switch.
+///
+/// Cheap to clone; every clone is the same instance.
+#[derive(Clone)]
+pub struct Tidings {
+    shared: Arc<Shared>,
+}
+
+/// Why a server-side publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The topic name is not valid.
+    #[error(transparent)]
+    InvalidTopic(#[from] topic::TopicError),
+    /// The payload could not be serialized to JSON.
+    #[error("payload is not serializable: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+impl Tidings {
+    /// Validate `config` and create the instance.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        Ok(Tidings {
+            shared: Arc::new(Shared::new(config)?),
+        })
+    }
+
+    /// The axum router: `/ws`, `/health`, `/metrics`. Nest it anywhere. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` for per-IP limits.
+    pub fn router(&self) -> axum::Router {
+        http::router(Arc::clone(&self.shared))
+    }
+
+    /// Publish `data` to every subscriber of `topic`, from the server itself
+    /// (`message.from` is `"server"`).
+    pub fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+    ) -> Result<Delivery, PublishError> {
+        topic::validate(topic, &self.shared.config)?;
+        let data = serde_json::value::to_raw_value(data)?;
+        Ok(self
+            .shared
+            .hub
+            .publish(None, "server", topic.to_owned(), data, Instant::now()))
+    }
+
+    /// Open WebSocket sessions.
+    pub fn clients(&self) -> usize {
+        self.shared.limits.current()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Prometheus text of this instance's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Begin a graceful shutdown: refuse new upgrades and close every session with 1001.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.sessions.close();
+    }
+
+    /// Shut down gracefully and wait for every session to end, at most the configured
+    /// `shutdown_timeout`. Returns false if sessions were still open at the deadline.
+    pub async fn shutdown(&self) -> bool {
+        self.begin_shutdown();
+        tokio::time::timeout(
+            self.shared.config.shutdown_timeout,
+            self.shared.sessions.wait(),
+        )
+        .await
+        .is_ok()
+    }
+}
+
+/// Serve `app` (which contains `tidings`' router) on `listener` until `signal` resolves,
+/// then shut down gracefully within `shutdown_timeout`. This is what `tidings serve` runs.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tidings: &Tidings,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<bool> {
+    let stop = tidings.shared.shutdown.clone();
+    let trigger = tidings.clone();
+    tokio::spawn(async move {
+        signal.await;
+        trigger.begin_shutdown();
+    });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut http = tokio::spawn(server.into_future());
+    tokio::select! {
+        result = &mut http => {
+            // The accept loop ended by itself (it only does on an I/O error): stop too.
+            let clean = tidings.shutdown().await;
+            result.map_err(std::io::Error::other)??;
+            return Ok(clean);
+        }
+        _ = tidings.shared.shutdown.cancelled() => {}
+    }
+    // Shutdown has begun: sessions are closing with 1001 and the listener is closed.
+    let deadline = tidings.shared.config.shutdown_timeout;
+    let (served, clean) = tokio::join!(
+        tokio::time::timeout(deadline, &mut http),
+        tidings.shutdown()
+    );
+    match served {
+        Ok(result) => result.map_err(std::io::Error::other)??,
+        Err(_) => {
+            tracing::warn!("HTTP connections still open at the shutdown deadline");
+            http.abort();
+        }
+    }
+    Ok(clean)
+}

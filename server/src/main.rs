@@ -1,0 +1,344 @@
+//! The `tidings` binary: `tidings serve` runs the server, `tidings token` mints a token.
+//!
+//! Settings come from (lowest to highest priority) built-in defaults, a TOML file
+//! (`--config`), `TIDINGS_*` environment variables, and flags.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tidings_server::{Config, Tidings, TokenSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Real-time pub/sub and event-streaming server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Mint an HS256 client token and print it.
+    Token(TokenArgs),
+}
+
+/// Where durable state lives. Only `memory` exists today: nothing is kept across restarts.
+#[derive(Clone, Copy, Debug, ValueEnum, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    /// Keep nothing across restarts (pure pub/sub).
+    Memory,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (keys are the long flag names with `_`).
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on. [default: 127.0.0.1:8000]
+    #[arg(long, env = "TIDINGS_BIND")]
+    bind: Option<SocketAddr>,
+    /// HS256 secret for client tokens (required unless --dev or public keys are given).
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM public key (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens; repeatable.
+    #[arg(
+        long = "jwt-public-key",
+        env = "TIDINGS_JWT_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    jwt_public_keys: Vec<PathBuf>,
+    /// Accept tokens without an `exp` claim. [default: false]
+    #[arg(long, env = "TIDINGS_ALLOW_TOKENS_WITHOUT_EXP")]
+    allow_tokens_without_exp: Option<bool>,
+    /// Clock skew tolerated on `exp`. [default: 30s]
+    #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_parser = humantime::parse_duration)]
+    jwt_leeway: Option<Duration>,
+    /// Messages per second per connection. [default: 100]
+    #[arg(long, env = "TIDINGS_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Burst size of the per-connection rate limit. [default: 200]
+    #[arg(long, env = "TIDINGS_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// Largest frame in bytes; larger ones close the connection with 1009. [default: 1048576]
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Subscriptions per connection. [default: 100]
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+    /// Longest topic name in bytes. [default: 256]
+    #[arg(long, env = "TIDINGS_MAX_TOPIC_LEN")]
+    max_topic_len: Option<usize>,
+    /// Open connections in total (more get HTTP 503). [default: 10000]
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open connections per client IP (more get HTTP 429). [default: 1000]
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Frames queued per connection before it is closed as a slow consumer (4002). [default: 1024]
+    #[arg(long, env = "TIDINGS_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    /// Interval of `heartbeat` frames and WebSocket pings. [default: 25s]
+    #[arg(long, env = "TIDINGS_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Close a connection silent (no frame, no pong) for this long (4003). [default: 60s]
+    #[arg(long, env = "TIDINGS_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Allowed browser Origin (exact, e.g. https://app.example); repeatable. [default: any]
+    #[arg(
+        long = "allowed-origin",
+        env = "TIDINGS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Longest a graceful shutdown may take. [default: 10s]
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Storage backend. [default: memory]
+    #[arg(long, env = "TIDINGS_STORE", value_enum)]
+    store: Option<StoreKind>,
+    /// Development mode: generate a throwaway JWT secret if none is set and log a token.
+    #[arg(long, env = "TIDINGS_DEV")]
+    dev: bool,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,tidings_server=debug`). [default: info]
+    #[arg(long, env = "TIDINGS_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The identity (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`; `0s` mints a token without `exp`. [default: 1h]
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Topic glob the token may subscribe to; repeatable. [default: any topic]
+    #[arg(long)]
+    subscribe: Vec<String>,
+    /// Topic glob the token may publish to; repeatable. [default: any topic]
+    #[arg(long)]
+    publish: Vec<String>,
+    /// The server's HS256 secret.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+}
+
+/// Binary-only settings that may also appear in the TOML file.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOnly {
+    bind: Option<SocketAddr>,
+    store: Option<StoreKind>,
+    log: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(args) => {
+            let spec = TokenSpec {
+                sub: args.sub,
+                ttl: (!args.ttl.is_zero()).then_some(args.ttl),
+                subscribe: args.subscribe,
+                publish: args.publish,
+            };
+            println!("{}", tidings_server::mint_token(&args.jwt_secret, &spec)?);
+            Ok(())
+        }
+        Command::Serve(args) => serve(*args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut config, file) = load_file(args.config.as_deref())?;
+    let log = args
+        .log
+        .clone()
+        .or(file.log)
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).context("--log")?)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let bind = args
+        .bind
+        .or(file.bind)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
+    let _store = args.store.or(file.store).unwrap_or(StoreKind::Memory);
+    apply_overrides(&mut config, &args);
+    let dev_secret = if args.dev && config.jwt_secret.is_none() && config.jwt_public_keys.is_empty()
+    {
+        let secret = random_secret()?;
+        config.jwt_secret = Some(secret.clone());
+        Some(secret)
+    } else {
+        None
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let tidings = Tidings::new(config)?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("bind {bind}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on {addr}");
+        if args.dev {
+            announce_dev(addr, dev_secret.as_deref())?;
+        }
+        let app = tidings.router();
+        let clean = tidings_server::serve(listener, app, &tidings, shutdown_signal()).await?;
+        if clean {
+            tracing::info!("shut down cleanly");
+        } else {
+            tracing::warn!("shutdown deadline reached; remaining connections were dropped");
+        }
+        Ok(())
+    })
+}
+
+fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<(Config, FileOnly)> {
+    let Some(path) = path else {
+        return Ok((Config::default(), FileOnly::default()));
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let mut file_only = toml::Table::new();
+    for key in ["bind", "store", "log"] {
+        if let Some(v) = table.remove(key) {
+            file_only.insert(key.into(), v);
+        }
+    }
+    let config: Config = table
+        .try_into()
+        .with_context(|| format!("settings in {}", path.display()))?;
+    let file: FileOnly = file_only
+        .try_into()
+        .with_context(|| format!("settings in {}", path.display()))?;
+    Ok((config, file))
+}
+
+fn apply_overrides(config: &mut Config, a: &ServeArgs) {
+    fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+        if let Some(v) = value {
+            *slot = v.clone();
+        }
+    }
+    if a.jwt_secret.is_some() {
+        config.jwt_secret = a.jwt_secret.clone();
+    }
+    if !a.jwt_public_keys.is_empty() {
+        config.jwt_public_keys = a.jwt_public_keys.clone();
+    }
+    if !a.allowed_origins.is_empty() {
+        config.allowed_origins = a.allowed_origins.clone();
+    }
+    set(
+        &mut config.allow_tokens_without_exp,
+        &a.allow_tokens_without_exp,
+    );
+    set(&mut config.jwt_leeway, &a.jwt_leeway);
+    set(&mut config.rate_limit, &a.rate_limit);
+    set(&mut config.rate_burst, &a.rate_burst);
+    set(&mut config.max_message_bytes, &a.max_message_bytes);
+    set(&mut config.max_subscriptions, &a.max_subscriptions);
+    set(&mut config.max_topic_len, &a.max_topic_len);
+    set(&mut config.max_connections, &a.max_connections);
+    set(
+        &mut config.max_connections_per_ip,
+        &a.max_connections_per_ip,
+    );
+    set(&mut config.queue_capacity, &a.queue_capacity);
+    set(&mut config.heartbeat_interval, &a.heartbeat_interval);
+    set(&mut config.heartbeat_timeout, &a.heartbeat_timeout);
+    set(&mut config.shutdown_timeout, &a.shutdown_timeout);
+}
+
+fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn announce_dev(addr: SocketAddr, secret: Option<&str>) -> anyhow::Result<()> {
+    let Some(secret) = secret else {
+        tracing::info!("dev mode with the configured key");
+        return Ok(());
+    };
+    let spec = TokenSpec {
+        sub: "dev".into(),
+        ttl: Some(Duration::from_secs(24 * 3600)),
+        ..TokenSpec::default()
+    };
+    let token = tidings_server::mint_token(secret, &spec)?;
+    tracing::warn!("dev mode: throwaway JWT secret, do not use in production");
+    tracing::info!("dev token (user \"dev\", 24h): ws://{addr}/ws?token={token}");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn file_settings_split_between_binary_and_library() {
+        let dir = std::env::temp_dir().join(format!("tidings-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9000\"\nrate_limit = 7\nstore = \"memory\"\n",
+        )
+        .expect("write");
+        let (config, file) = load_file(Some(&path)).expect("load");
+        assert_eq!(config.rate_limit, 7);
+        assert_eq!(file.bind, Some(SocketAddr::from(([127, 0, 0, 1], 9000))));
+        std::fs::write(&path, "nonsense_key = 1\n").expect("write");
+        assert!(load_file(Some(&path)).is_err(), "unknown keys are refused");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,177 @@
+//! Prometheus metrics for `/metrics`.
+//!
+//! Each server instance owns its own registry (no global recorder), so several servers in
+//! one process — tests, or an app embedding two routers — never mix their numbers.
+//! Hot-path metrics are plain atomic counters resolved once; labelled families are only
+//! touched on rare events (errors, refusals).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tidings_protocol::ErrorCode;
+
+/// Label for errors sent to clients.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code, e.g. `RATE_LIMITED`.
+    pub code: &'static str,
+}
+
+/// Label for refused connection attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why: `auth`, `origin`, `max_connections`, `max_connections_per_ip`, `shutting_down`.
+    pub reason: &'static str,
+}
+
+/// Label for server-initiated closes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    /// The close code number.
+    pub code: u16,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket sessions.
+    pub connections: Gauge,
+    /// Sessions ever opened.
+    pub connections_opened: Counter,
+    /// Upgrade attempts refused, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Closes initiated by the server, by close code.
+    pub server_closes: Family<CloseLabel, Counter>,
+    /// Active (connection, topic) subscriptions.
+    pub subscriptions: Gauge,
+    /// Frames received from clients.
+    pub messages_in: Counter,
+    /// Publishes accepted.
+    pub publishes: Counter,
+    /// `message` frames queued to subscribers.
+    pub messages_out: Counter,
+    /// `error` replies, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumer_closes: Counter,
+    /// Time from a publish being decoded to its frame sitting in every subscriber's queue.
+    pub fanout_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidings");
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            connections_refused: Family::default(),
+            server_closes: Family::default(),
+            subscriptions: Gauge::default(),
+            messages_in: Counter::default(),
+            publishes: Counter::default(),
+            messages_out: Counter::default(),
+            errors: Family::default(),
+            slow_consumer_closes: Counter::default(),
+            fanout_seconds: Histogram::new(
+                [
+                    1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1,
+                ]
+                .into_iter(),
+            ),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "WebSocket sessions opened",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "WebSocket upgrades refused, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "server_closes",
+            "Sessions closed by the server, by close code",
+            m.server_closes.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Active subscriptions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Frames received from clients",
+            m.messages_in.clone(),
+        );
+        registry.register("publishes", "Publishes accepted", m.publishes.clone());
+        registry.register(
+            "messages_out",
+            "Message frames queued to subscribers",
+            m.messages_out.clone(),
+        );
+        registry.register("errors", "Error replies sent, by code", m.errors.clone());
+        registry.register(
+            "slow_consumer_closes",
+            "Sessions closed because their outbound queue overflowed",
+            m.slow_consumer_closes.clone(),
+        );
+        registry.register(
+            "fanout_seconds",
+            "Time from decoding a publish to queueing it for every subscriber",
+            m.fanout_seconds.clone(),
+        );
+        for code in ErrorCode::ALL {
+            // Pre-create every series so dashboards see zeros, not gaps.
+            let _ = m.errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Count an error reply.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Count a refused upgrade.
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Count a server-initiated close.
+    pub fn closed(&self, code: u16) {
+        self.server_closes.get_or_create(&CloseLabel { code }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
