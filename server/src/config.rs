@@ -67,7 +67,7 @@ impl Default for Config {
             max_topic_len: 256,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
-            queue_capacity: 1024,
+            queue_capacity: 4096,
             heartbeat_interval: Duration::from_secs(25),
             heartbeat_timeout: Duration::from_secs(60),
             allowed_origins: Vec::new(),

@@ -84,7 +84,7 @@ struct ServeArgs {
     /// Open connections per client IP (more get HTTP 429). [default: 1000]
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
-    /// Frames queued per connection before it is closed as a slow consumer (4002). [default: 1024]
+    /// Frames queued per connection before it is closed as a slow consumer (4002). [default: 4096]
     #[arg(long, env = "TIDINGS_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
     /// Interval of `heartbeat` frames and WebSocket pings. [default: 25s]

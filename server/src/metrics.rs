@@ -76,12 +76,9 @@ impl Metrics {
             messages_out: Counter::default(),
             errors: Family::default(),
             slow_consumer_closes: Counter::default(),
-            fanout_seconds: Histogram::new(
-                [
-                    1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1,
-                ]
-                .into_iter(),
-            ),
+            fanout_seconds: Histogram::new([
+                1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1,
+            ]),
             registry: Registry::default(),
         };
         registry.register(

@@ -486,4 +486,58 @@ mod tests {
         drop(a);
         assert_eq!(shared.hub.topic_count(), 0);
     }
+
+    #[test]
+    fn arbitrary_input_never_panics_and_gets_at_most_one_reply() {
+        let shared = shared(Config {
+            rate_limit: 1_000_000,
+            rate_burst: 1_000_000,
+            ..Config::default()
+        });
+        let (mut s, _rx) = session(&shared, user("fuzz"));
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"type\"",
+            ":",
+            ",",
+            "\"publish\"",
+            "\"subscribe\"",
+            "\"topics\"",
+            "\"topic\"",
+            "\"data\"",
+            "\"since\"",
+            "null",
+            "1e999",
+            "-0",
+            "\"\\u0000\"",
+            "\"ref\"",
+            "\"\\ud800\"",
+            "true",
+            "{\"offset\":18446744073709551616}",
+            "\u{1F600}",
+            " ",
+        ];
+        // A fixed-seed xorshift keeps the run reproducible.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            let len = 1 + (state % 12) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            let mut out = Vec::new();
+            s.on_text(&text, &mut out);
+            assert!(out.len() <= 1, "{text} -> {out:?}");
+        }
+        assert!(matches!(
+            one(&mut s, r#"{"type":"ping"}"#),
+            ServerMessage::Pong(_)
+        ));
+    }
 }
