@@ -9,16 +9,22 @@
 //! * [`codes`] — stable error codes ([`ErrorCode`]) and WebSocket close codes ([`CloseCode`]).
 //! * [`decode`] — the one decoder both sides use, with errors precise enough to answer
 //!   `INVALID_MESSAGE` vs `INVALID_MESSAGE_TYPE`.
+//! * [`aggregate`] — the [`Aggregate`] trait: state folded from a stream's events, pure, so the
+//!   server's repository and the browser SDK run the same code.
+//! * [`order`] — the template's Order aggregate, the worked example.
 //!
 //! This crate does no I/O and builds for `wasm32-unknown-unknown`.
 //!
 //! Architecture invariant: this is the only crate that knows the JSON shape of a frame.
 
+pub mod aggregate;
 pub mod client;
 pub mod codes;
 pub mod decode;
+pub mod order;
 pub mod server;
 
+pub use aggregate::{Aggregate, EventError, Versioned};
 pub use client::{ClientMessage, NewEvent, Position};
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::DecodeError;
