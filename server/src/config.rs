@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::retention::Retention;
+pub use crate::retention::RetentionRule;
+pub use crate::store::StoreKind;
+
 /// Everything the server needs to know to run. `Config::default()` is a sane production
 /// setup except for the JWT key, which has no default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +55,30 @@ pub struct Config {
     /// How long a graceful shutdown may take before remaining connections are dropped.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
+    /// Where history lives: `sqlite` (durable, the default) or `memory`.
+    pub store: StoreKind,
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// fsync every commit (an acknowledged message then survives a power cut, not just a
+    /// crash of the process).
+    pub fsync: bool,
+    /// Topic globs that are pure pub/sub: nothing stored, no offsets.
+    pub ephemeral_topics: Vec<String>,
+    /// Per-pattern retention (first match wins); other topics use the defaults below.
+    pub retention: Vec<RetentionRule>,
+    /// Messages kept per durable topic by default (0 = unlimited).
+    pub retention_max_messages: u64,
+    /// Age after which messages are dropped by default (unset = never).
+    #[serde(with = "opt_duration_str")]
+    pub retention_max_age: Option<Duration>,
+    /// Most messages or events in one `history` / `read` reply.
+    pub history_limit: u32,
+    /// A connection whose socket accepts nothing for this long while frames wait is closed
+    /// as a slow consumer (4002).
+    #[serde(with = "duration_str")]
+    pub slow_consumer_timeout: Duration,
+    /// Key for the backend HTTP API (`Authorization: Bearer KEY`); unset = API disabled.
+    pub api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -72,6 +100,16 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(60),
             allowed_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
+            store: StoreKind::Sqlite,
+            data_dir: PathBuf::from("./data"),
+            fsync: true,
+            ephemeral_topics: Vec::new(),
+            retention: Vec::new(),
+            retention_max_messages: 100_000,
+            retention_max_age: None,
+            history_limit: 1000,
+            slow_consumer_timeout: Duration::from_secs(30),
+            api_key: None,
         }
     }
 }
@@ -95,6 +133,12 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+    /// A topic pattern in the retention settings does not parse.
+    #[error("invalid topic pattern: {0}")]
+    Pattern(#[from] glob::PatternError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A numeric limit is zero or out of range.
     #[error("invalid setting {name}: {reason}")]
     Invalid {
@@ -132,6 +176,18 @@ impl Config {
                 reason: "must be positive",
             });
         }
+        if self.history_limit == 0 {
+            return Err(ConfigError::Invalid {
+                name: "history_limit",
+                reason: "must be at least 1",
+            });
+        }
+        if self.api_key.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                name: "api_key",
+                reason: "must not be empty",
+            });
+        }
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return Err(ConfigError::Invalid {
                 name: "heartbeat_timeout",
@@ -139,6 +195,36 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The compiled retention rules.
+    pub fn compile_retention(&self) -> Result<Retention, ConfigError> {
+        Ok(Retention::new(
+            &self.ephemeral_topics,
+            &self.retention,
+            self.retention_max_messages,
+            self.retention_max_age,
+        )?)
+    }
+}
+
+/// Optional durations in TOML as human strings.
+mod opt_duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

@@ -1,19 +1,29 @@
 //! The socket side of a session: a reader loop and a writer task per connection.
 //!
 //! The reader owns the [`Session`] and the read half of the WebSocket; it decodes frames,
-//! runs the heartbeat/liveness timer and watches for shutdown, overflow and token expiry.
-//! The writer owns the write half and drains the connection's bounded outbound queue,
-//! batching whatever is already queued into one flush. Publishers only ever `try_send`
-//! into that queue, so a slow socket stalls nobody but its own writer.
+//! runs the heartbeat/liveness timer, watches shutdown, overflow and token expiry, and carries
+//! out the session's [`Action`]s. The writer owns the write half and drains the connection's
+//! bounded outbound queue, batching whatever is already queued into one flush. Publishers
+//! only ever `try_send` into that queue, so a slow socket stalls nobody but its own writer.
+//!
+//! For durable topics the writer keeps a cursor per topic (the last offset sent). It drops
+//! anything at or below the cursor and fills any gap above it from the store before going on.
+//! That one rule gives exact recovery on `subscribe` with `since`, and lossless catch-up for
+//! a subscriber whose queue overflowed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tidings_protocol::server::Heartbeat;
-use tidings_protocol::{CloseCode, ServerMessage};
+use tidings_protocol::client::{History, Read};
+use tidings_protocol::server::{
+    Events, Heartbeat, HistoryPage, Message as MessageFrame, Snapshot, StoredEvent,
+};
+use tidings_protocol::{CloseCode, ErrorCode, Json, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -22,14 +32,18 @@ use crate::auth::Identity;
 use crate::clock;
 use crate::hub::{Mailbox, Outbound};
 use crate::limits::ConnPermit;
-use crate::session::Session;
+use crate::session::{Action, Session};
 use crate::state::Shared;
+use crate::store::{Row, Store, StoreError};
 
 /// How long a closing connection gets to flush its close frame and hear the reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Frames written before a flush, at most, when several are queued.
 const MAX_BATCH: usize = 64;
+
+/// Rows read from the store per page while catching up.
+const CATCH_UP_PAGE: usize = 256;
 
 /// Run one upgraded connection to its end.
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, permit: ConnPermit) {
@@ -45,7 +59,17 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
 
     let (sink, mut stream) = socket.split();
     let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, rx, close_rx));
+    let writer = Writer {
+        sink,
+        rx,
+        close_rx,
+        store: shared.store.clone(),
+        cursors: HashMap::new(),
+        lagging: mailbox.lagging(),
+        overflow: overflow.clone(),
+        stuck_timeout: config.slow_consumer_timeout,
+    };
+    let mut writer = tokio::spawn(writer.run());
     mailbox.offer(encode(&session.connected()));
 
     let close = read_loop(
@@ -108,7 +132,7 @@ async fn read_loop(
     let mut expires_at = session.expires_at();
     let expiry = sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
-    let mut replies = Vec::new();
+    let mut actions = Vec::new();
 
     loop {
         tokio::select! {
@@ -131,16 +155,16 @@ async fn read_loop(
                 };
                 last_seen = Instant::now();
                 match frame {
-                    Message::Text(text) => session.on_text(text.as_str(), &mut replies),
-                    Message::Binary(_) => session.on_binary(&mut replies),
+                    Message::Text(text) => session.on_text(text.as_str(), &mut actions),
+                    Message::Binary(_) => session.on_binary(&mut actions),
                     // tungstenite answers pings itself; a pong only proves liveness.
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => return None,
                 }
-                for reply in replies.drain(..) {
-                    // A client that does not read its replies is a slow consumer like any
-                    // other: the overflow signal fires and the next loop turn closes it.
-                    mailbox.offer(encode(&reply));
+                for action in actions.drain(..) {
+                    if perform(shared, mailbox, action).await.is_err() {
+                        return Some(CloseCode::GoingAway);
+                    }
                 }
                 if session.expires_at() != expires_at {
                     expires_at = session.expires_at();
@@ -148,6 +172,115 @@ async fn read_loop(
                 }
             }
         }
+    }
+}
+
+/// Carry out one action of the session. Replies go through the connection's own queue: a
+/// client that does not read its replies is a slow consumer like any other.
+async fn perform(shared: &Shared, mailbox: &Mailbox, action: Action) -> Result<(), StoreError> {
+    match action {
+        Action::Reply(reply) => {
+            mailbox.offer(encode(&reply));
+        }
+        Action::Mark(marker) => {
+            mailbox.offer(marker);
+        }
+        Action::Store(command) => shared.store.send(command).await?,
+        Action::History(request) => {
+            let r#ref = request.r#ref.clone();
+            let reply = history(shared, request)
+                .await
+                .unwrap_or_else(|e| store_error(e, r#ref));
+            mailbox.offer(encode(&reply));
+        }
+        Action::Read(request) => {
+            let r#ref = request.r#ref.clone();
+            let reply = read(shared, request)
+                .await
+                .unwrap_or_else(|e| store_error(e, r#ref));
+            mailbox.offer(encode(&reply));
+        }
+    }
+    Ok(())
+}
+
+fn store_error(e: StoreError, r#ref: Option<String>) -> ServerMessage {
+    ServerMessage::error(ErrorCode::Unavailable, e.to_string(), r#ref)
+}
+
+/// Stored messages of a topic after `since`, one page.
+pub(crate) async fn history(shared: &Shared, h: History) -> Result<ServerMessage, StoreError> {
+    let limit = h
+        .limit
+        .unwrap_or(shared.config.history_limit)
+        .min(shared.config.history_limit) as usize;
+    let head = shared.store.head(&h.topic);
+    let rows = shared
+        .store
+        .read(&h.topic, h.since.unwrap_or(0), limit)
+        .await?;
+    let epoch = head.as_ref().map(|h| h.epoch.clone()).unwrap_or_default();
+    let latest = head.map_or(0, |h| h.latest);
+    Ok(ServerMessage::History(HistoryPage {
+        r#ref: h.r#ref,
+        topic: h.topic,
+        messages: rows.into_iter().map(|r| message_of(r, &epoch)).collect(),
+        epoch,
+        latest,
+    }))
+}
+
+/// A stream's latest snapshot (when it helps) and the events after it, one page.
+pub(crate) async fn read(shared: &Shared, r: Read) -> Result<ServerMessage, StoreError> {
+    let limit = shared.config.history_limit as usize;
+    let from = r.from_version.unwrap_or(0);
+    let version = shared.store.head(&r.stream).map_or(0, |h| h.latest);
+    let snapshot = match shared.store.snapshot(&r.stream).await? {
+        Some((v, state)) if v > from && v <= version => Some(Snapshot { version: v, state }),
+        _ => None,
+    };
+    let after = snapshot.as_ref().map_or(from, |s| s.version);
+    let rows = shared.store.read(&r.stream, after, limit).await?;
+    Ok(ServerMessage::Events(Events {
+        r#ref: r.r#ref,
+        stream: r.stream,
+        version,
+        snapshot,
+        events: rows.into_iter().map(event_of).collect(),
+    }))
+}
+
+/// A stored row as a `message` (history, replay).
+fn message_of(row: Row, epoch: &str) -> MessageFrame {
+    MessageFrame {
+        topic: row.topic.to_string(),
+        data: row.data,
+        from: row.from,
+        timestamp: row.timestamp,
+        offset: Some(row.offset),
+        epoch: Some(epoch.to_owned()),
+    }
+}
+
+/// A stored row as an event (stream reads). Rows written by `append` hold the envelope
+/// `{"type", "data"}`; plain publishes to a stream read back as type `"message"`.
+pub(crate) fn event_of(row: Row) -> StoredEvent {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        data: Json,
+    }
+    let (r#type, data) = match row.event_type {
+        Some(t) => match serde_json::from_str::<Envelope>(row.data.get()) {
+            Ok(envelope) => (t, envelope.data),
+            Err(_) => (t, row.data),
+        },
+        None => ("message".to_owned(), row.data),
+    };
+    StoredEvent {
+        version: row.offset,
+        r#type,
+        data,
+        timestamp: row.timestamp,
     }
 }
 
@@ -176,56 +309,195 @@ fn encode(msg: &ServerMessage) -> Outbound {
     Outbound::Frame(Utf8Bytes::from(msg.encode()))
 }
 
-/// Drain the outbound queue into the socket until told to close or the socket fails.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut close_rx: oneshot::Receiver<CloseCode>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            code = &mut close_rx => {
-                if let Ok(code) = code {
-                    let frame = CloseFrame { code: code.code(), reason: code.reason().into() };
-                    let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
-                }
-                return;
-            }
-            item = rx.recv() => {
-                let Some(item) = item else { return };
-                if write(&mut sink, item).await.is_err() {
-                    return;
-                }
-                let mut batched = 1;
-                while batched < MAX_BATCH {
-                    let Ok(item) = rx.try_recv() else { break };
-                    if write(&mut sink, item).await.is_err() {
-                        return;
+/// Why the writer stopped early.
+enum Stop {
+    /// The socket failed or the peer is gone.
+    Socket,
+    /// The client fell behind what retention keeps, or its socket accepted nothing for too
+    /// long: it is a slow consumer.
+    Slow,
+}
+
+/// The write half of a connection and its per-topic delivery cursors.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outbound>,
+    close_rx: oneshot::Receiver<CloseCode>,
+    store: Store,
+    /// Last offset sent, per tracked durable topic.
+    cursors: HashMap<Arc<str>, u64>,
+    lagging: Arc<AtomicBool>,
+    overflow: CancellationToken,
+    stuck_timeout: Duration,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                code = &mut self.close_rx => {
+                    if let Ok(code) = code {
+                        self.send_close(code).await;
                     }
-                    batched += 1;
-                }
-                if sink.flush().await.is_err() {
                     return;
+                }
+                item = self.rx.recv() => {
+                    let Some(item) = item else { return };
+                    match self.batch(item).await {
+                        Ok(()) => {}
+                        Err(Stop::Socket) => return,
+                        Err(Stop::Slow) => {
+                            // Let the reader pick the close code, then send it if we can.
+                            self.overflow.cancel();
+                            if let Ok(code) = (&mut self.close_rx).await {
+                                self.send_close(code).await;
+                            }
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
-}
 
-/// Queue one item into the socket's write buffer (flushed by the caller).
-async fn write(
-    sink: &mut SplitSink<WebSocket, Message>,
-    item: Outbound,
-) -> Result<(), axum::Error> {
-    match item {
-        Outbound::Frame(text) => sink.feed(Message::Text(text)).await,
-        Outbound::Heartbeat => {
-            let beat = ServerMessage::Heartbeat(Heartbeat {
-                timestamp: Some(clock::now_rfc3339()),
-            });
-            sink.feed(Message::Text(beat.encode().into())).await?;
-            sink.feed(Message::Ping(Default::default())).await
+    async fn send_close(&mut self, code: CloseCode) {
+        let frame = CloseFrame {
+            code: code.code(),
+            reason: code.reason().into(),
+        };
+        let _ = timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Write `first` and whatever else is queued (up to a batch), flush, then catch up on
+    /// topics whose frames were dropped while the queue was full.
+    async fn batch(&mut self, first: Outbound) -> Result<(), Stop> {
+        self.write(first).await?;
+        for _ in 1..MAX_BATCH {
+            let Ok(item) = self.rx.try_recv() else { break };
+            self.write(item).await?;
         }
+        self.flush().await?;
+        if self.lagging.swap(false, Ordering::AcqRel) {
+            let topics: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
+            for topic in topics {
+                self.sync(&topic).await?;
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        match timeout(self.stuck_timeout, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Socket),
+            Err(_) => Err(Stop::Slow),
+        }
+    }
+
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Stop> {
+        match timeout(self.stuck_timeout, self.sink.feed(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Socket),
+            Err(_) => Err(Stop::Slow),
+        }
+    }
+
+    async fn write(&mut self, item: Outbound) -> Result<(), Stop> {
+        match item {
+            Outbound::Frame(text) => self.feed(text).await,
+            Outbound::Heartbeat => {
+                let beat = ServerMessage::Heartbeat(Heartbeat {
+                    timestamp: Some(clock::now_rfc3339()),
+                });
+                self.feed(beat.encode().into()).await?;
+                self.sink
+                    .feed(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|_| Stop::Socket)
+            }
+            Outbound::Track { topic, from } => {
+                self.cursors.insert(topic, from);
+                Ok(())
+            }
+            Outbound::Untrack { topic } => {
+                self.cursors.remove(&topic);
+                Ok(())
+            }
+            Outbound::Sync { topic } => self.sync(&topic).await,
+            Outbound::Skip { topic, offset } => {
+                let Some(&cursor) = self.cursors.get(&topic) else {
+                    return Ok(());
+                };
+                if offset > cursor + 1 {
+                    self.fill(&topic, offset - 1).await?;
+                }
+                if offset > cursor {
+                    self.cursors.insert(topic, offset);
+                }
+                Ok(())
+            }
+            Outbound::Durable {
+                topic,
+                offset,
+                frame,
+            } => {
+                let Some(&cursor) = self.cursors.get(&topic) else {
+                    return Ok(());
+                };
+                if offset <= cursor {
+                    return Ok(());
+                }
+                if offset > cursor + 1 {
+                    self.fill(&topic, offset - 1).await?;
+                }
+                self.feed(frame).await?;
+                self.cursors.insert(topic, offset);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deliver everything stored for `topic` up to its current head.
+    async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Stop> {
+        match self.store.head(topic) {
+            Some(head) => self.fill(topic, head.latest).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Send stored messages of `topic` after the cursor, up to and including `target`.
+    async fn fill(&mut self, topic: &Arc<str>, target: u64) -> Result<(), Stop> {
+        let Some(mut cursor) = self.cursors.get(topic).copied() else {
+            return Ok(());
+        };
+        let epoch = self.store.head(topic).map(|h| h.epoch).unwrap_or_default();
+        while cursor < target {
+            let rows = match self.store.read(topic, cursor, CATCH_UP_PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!("catch-up read of {topic} failed: {e}");
+                    return Err(Stop::Slow);
+                }
+            };
+            let Some(first) = rows.first() else { break };
+            if first.offset != cursor + 1 {
+                // What this client missed has been trimmed: it fell behind retention.
+                tracing::debug!(%topic, cursor, first = first.offset, "fell behind retention");
+                return Err(Stop::Slow);
+            }
+            for row in rows {
+                if row.offset > target {
+                    break;
+                }
+                cursor = row.offset;
+                let frame = ServerMessage::Message(message_of(row, &epoch));
+                self.feed(Utf8Bytes::from(frame.encode())).await?;
+            }
+            self.cursors.insert(Arc::clone(topic), cursor);
+            self.flush().await?;
+        }
+        Ok(())
     }
 }

@@ -165,7 +165,8 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "node": shared.node,
-        "store": "memory",
+        "store": shared.store.kind().as_str(),
+        "durable": shared.store.kind() == crate::store::StoreKind::Sqlite,
     });
     let status = if shutting_down {
         StatusCode::SERVICE_UNAVAILABLE

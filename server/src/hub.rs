@@ -13,7 +13,7 @@
 //! then a topic's subscriber list.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -30,12 +30,49 @@ use crate::metrics::Metrics;
 pub type ConnId = u64;
 
 /// One item of a connection's outbound queue.
+///
+/// Durable topics carry their offset so the connection's writer can keep a per-topic cursor:
+/// it drops what it already sent and fills any gap from the store before writing on, which is
+/// what makes recovery and catch-up exact (no gap, no duplicate).
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// An encoded text frame.
+    /// An encoded text frame (replies, ephemeral topics).
     Frame(Utf8Bytes),
     /// Time for a `heartbeat` frame and a WebSocket ping.
     Heartbeat,
+    /// A `message` frame of a durable topic.
+    Durable {
+        /// The topic.
+        topic: Arc<str>,
+        /// Its offset.
+        offset: u64,
+        /// The encoded frame, shared by every subscriber.
+        frame: Utf8Bytes,
+    },
+    /// This connection published `offset` itself: advance the cursor without sending (no echo).
+    Skip {
+        /// The topic.
+        topic: Arc<str>,
+        /// The publisher's own offset.
+        offset: u64,
+    },
+    /// Start a cursor for `topic`: everything after `from` is to be delivered.
+    Track {
+        /// The topic.
+        topic: Arc<str>,
+        /// Last offset the client already has.
+        from: u64,
+    },
+    /// Deliver everything stored for `topic` up to its current head.
+    Sync {
+        /// The topic.
+        topic: Arc<str>,
+    },
+    /// Forget the cursor for `topic` (unsubscribed).
+    Untrack {
+        /// The topic.
+        topic: Arc<str>,
+    },
 }
 
 /// The sending side of one connection's bounded outbound queue.
@@ -45,12 +82,38 @@ pub struct Mailbox {
     tx: mpsc::Sender<Outbound>,
     /// Tripped when the queue overflows; the session watches it.
     overflow: CancellationToken,
+    /// Set when a durable frame could not be queued: the writer catches up from the store.
+    lagging: Arc<AtomicBool>,
 }
 
 impl Mailbox {
     /// A mailbox for connection `id`.
     pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>, overflow: CancellationToken) -> Self {
-        Mailbox { id, tx, overflow }
+        Mailbox {
+            id,
+            tx,
+            overflow,
+            lagging: Arc::default(),
+        }
+    }
+
+    /// The flag the connection's writer checks to know it must catch up from the store.
+    pub fn lagging(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.lagging)
+    }
+
+    /// Queue a frame of a durable topic without waiting. A full queue does not close the
+    /// connection: the frame can be read back from the store, so the mailbox is marked as
+    /// lagging and the writer catches up once it drains.
+    pub fn offer_durable(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagging.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// The connection this mailbox delivers to.
@@ -206,6 +269,55 @@ impl Hub {
             .fanout_seconds
             .observe(started.elapsed().as_secs_f64());
         delivery
+    }
+}
+
+impl Hub {
+    /// Queue an already-committed, already-encoded durable `message` for every subscriber of
+    /// `topic`; the publisher's own connection gets a [`Outbound::Skip`] instead (no echo).
+    /// Called by the store's writer, in offset order. Never waits.
+    pub fn publish_durable(
+        &self,
+        topic: &Arc<str>,
+        offset: u64,
+        frame: Utf8Bytes,
+        publisher: Option<ConnId>,
+        started: Instant,
+    ) -> usize {
+        let entry = {
+            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+            topics.get(topic.as_ref()).map(Arc::clone)
+        };
+        self.metrics.publishes.inc();
+        let Some(entry) = entry else { return 0 };
+        let mut queued = 0;
+        {
+            let subs = entry
+                .subscribers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for mailbox in subs.iter() {
+                let item = if Some(mailbox.id) == publisher {
+                    Outbound::Skip {
+                        topic: Arc::clone(topic),
+                        offset,
+                    }
+                } else {
+                    queued += 1;
+                    Outbound::Durable {
+                        topic: Arc::clone(topic),
+                        offset,
+                        frame: frame.clone(),
+                    }
+                };
+                mailbox.offer_durable(item);
+            }
+        }
+        self.metrics.messages_out.inc_by(queued as u64);
+        self.metrics
+            .fanout_seconds
+            .observe(started.elapsed().as_secs_f64());
+        queued
     }
 }
 

@@ -11,6 +11,9 @@
 //! * `hub` — topic → subscriber mailboxes; encode-once fan-out that never waits.
 //! * `limits` — connection counts in total and per IP.
 //! * `metrics` — the Prometheus registry of one instance.
+//! * [`store`](Store) — durable history: the single writer (group commit, offsets, fan-out
+//!   after commit) and the SQLite / memory backends.
+//! * `retention` — which topics are ephemeral and how long others are kept.
 //!
 //! Embedding: build a [`Tidings`], nest [`Tidings::router`] in your app, publish from your
 //! code with [`Tidings::publish`], and call [`Tidings::shutdown`] on the way out.
@@ -21,7 +24,7 @@
 //! let tidings = Tidings::new(Config { jwt_secret: Some("change-me".into()), ..Config::default() })?;
 //! let app = axum::Router::new().nest("/realtime", tidings.router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! tidings.publish("news", &serde_json::json!({"headline": "hello"}))?;
+//! tidings.publish("news", &serde_json::json!({"headline": "hello"})).await?;
 //! tidings_server::serve(listener, app, &tidings, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
@@ -34,18 +37,24 @@ mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod retention;
 mod session;
 mod state;
+mod store;
 mod topic;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use axum::serve::ListenerExt;
 use std::time::Instant;
 
 pub use auth::{AuthError, TokenSpec, mint as mint_token};
 pub use config::{Config, ConfigError};
 pub use hub::Delivery;
+pub use retention::RetentionRule;
+pub use store::{Committed, Head, Store, StoreError, StoreKind};
 
 use state::Shared;
 
@@ -66,6 +75,20 @@ pub enum PublishError {
     /// The payload could not be serialized to JSON.
     #[error("payload is not serializable: {0}")]
     Payload(#[from] serde_json::Error),
+    /// The store failed or is closed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of [`Tidings::publish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's offset (durable topics).
+    pub offset: Option<u64>,
+    /// The topic's epoch (durable topics).
+    pub epoch: Option<String>,
+    /// Subscribers it was queued for (ephemeral topics).
+    pub queued: Option<usize>,
 }
 
 impl Tidings {
@@ -82,19 +105,43 @@ impl Tidings {
         http::router(Arc::clone(&self.shared))
     }
 
-    /// Publish `data` to every subscriber of `topic`, from the server itself
-    /// (`message.from` is `"server"`).
-    pub fn publish<T: serde::Serialize + ?Sized>(
+    /// Publish `data` to `topic` from the server itself (`message.from` is `"server"`).
+    ///
+    /// On a durable topic this returns once the message is committed, with its offset; on an
+    /// ephemeral topic once it is queued to every subscriber (no offset).
+    pub async fn publish<T: serde::Serialize + ?Sized>(
         &self,
         topic: &str,
         data: &T,
-    ) -> Result<Delivery, PublishError> {
+    ) -> Result<Published, PublishError> {
         topic::validate(topic, &self.shared.config)?;
         let data = serde_json::value::to_raw_value(data)?;
-        Ok(self
+        if self.shared.retention.is_ephemeral(topic) {
+            let delivery =
+                self.shared
+                    .hub
+                    .publish(None, "server", topic.to_owned(), data, Instant::now());
+            return Ok(Published {
+                offset: None,
+                epoch: None,
+                queued: Some(delivery.queued),
+            });
+        }
+        let committed = self
             .shared
-            .hub
-            .publish(None, "server", topic.to_owned(), data, Instant::now()))
+            .store
+            .publish(topic, data, "server", None)
+            .await?;
+        Ok(Published {
+            offset: Some(committed.offset),
+            epoch: Some(committed.epoch),
+            queued: None,
+        })
+    }
+
+    /// The durable store (history, streams, snapshots) of this instance.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     /// Open WebSocket sessions.
@@ -144,6 +191,13 @@ pub async fn serve(
     tokio::spawn(async move {
         signal.await;
         trigger.begin_shutdown();
+    });
+    // Small frames must not wait for Nagle's algorithm: without TCP_NODELAY a lone message
+    // can sit up to ~40 ms behind a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
     });
     let server = axum::serve(
         listener,

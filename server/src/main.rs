@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tidings_server::{Config, Tidings, TokenSpec};
+use clap::{Args, Parser, Subcommand};
+use tidings_server::{Config, StoreKind, Tidings, TokenSpec};
 
 #[derive(Parser)]
 #[command(
@@ -29,14 +29,6 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint an HS256 client token and print it.
     Token(TokenArgs),
-}
-
-/// Where durable state lives. Only `memory` exists today: nothing is kept across restarts.
-#[derive(Clone, Copy, Debug, ValueEnum, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum StoreKind {
-    /// Keep nothing across restarts (pure pub/sub).
-    Memory,
 }
 
 #[derive(Args)]
@@ -103,9 +95,37 @@ struct ServeArgs {
     /// Longest a graceful shutdown may take. [default: 10s]
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     shutdown_timeout: Option<Duration>,
-    /// Storage backend. [default: memory]
+    /// Storage: `sqlite` (durable, under --data-dir) or `memory` (lost on restart). [default: sqlite]
     #[arg(long, env = "TIDINGS_STORE", value_enum)]
     store: Option<StoreKind>,
+    /// Directory of the SQLite database. [default: ./data]
+    #[arg(long, env = "TIDINGS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// fsync every commit (survives power loss, not just a crash). [default: true]
+    #[arg(long, env = "TIDINGS_FSYNC")]
+    fsync: Option<bool>,
+    /// Topic glob that is pure pub/sub (not stored, no offsets); repeatable. [default: none]
+    #[arg(
+        long = "ephemeral-topic",
+        env = "TIDINGS_EPHEMERAL_TOPICS",
+        value_delimiter = ','
+    )]
+    ephemeral_topics: Vec<String>,
+    /// Messages kept per durable topic (0 = unlimited). [default: 100000]
+    #[arg(long, env = "TIDINGS_RETENTION_MAX_MESSAGES")]
+    retention_max_messages: Option<u64>,
+    /// Age after which stored messages are dropped, e.g. `7d`. [default: never]
+    #[arg(long, env = "TIDINGS_RETENTION_MAX_AGE", value_parser = humantime::parse_duration)]
+    retention_max_age: Option<Duration>,
+    /// Most messages or events in one `history` / `read` reply. [default: 1000]
+    #[arg(long, env = "TIDINGS_HISTORY_LIMIT")]
+    history_limit: Option<u32>,
+    /// Close a connection whose socket accepts nothing for this long (4002). [default: 30s]
+    #[arg(long, env = "TIDINGS_SLOW_CONSUMER_TIMEOUT", value_parser = humantime::parse_duration)]
+    slow_consumer_timeout: Option<Duration>,
+    /// Key for the backend HTTP API under /api (Authorization: Bearer KEY). [default: API off]
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Development mode: generate a throwaway JWT secret if none is set and log a token.
     #[arg(long, env = "TIDINGS_DEV")]
     dev: bool,
@@ -138,7 +158,6 @@ struct TokenArgs {
 #[serde(deny_unknown_fields)]
 struct FileOnly {
     bind: Option<SocketAddr>,
-    store: Option<StoreKind>,
     log: Option<String>,
 }
 
@@ -175,7 +194,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .bind
         .or(file.bind)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
-    let _store = args.store.or(file.store).unwrap_or(StoreKind::Memory);
     apply_overrides(&mut config, &args);
     let dev_secret = if args.dev && config.jwt_secret.is_none() && config.jwt_public_keys.is_empty()
     {
@@ -219,7 +237,7 @@ fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<(Config, FileOnly
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
     let mut file_only = toml::Table::new();
-    for key in ["bind", "store", "log"] {
+    for key in ["bind", "log"] {
         if let Some(v) = table.remove(key) {
             file_only.insert(key.into(), v);
         }
@@ -267,6 +285,24 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
     set(&mut config.heartbeat_interval, &a.heartbeat_interval);
     set(&mut config.heartbeat_timeout, &a.heartbeat_timeout);
     set(&mut config.shutdown_timeout, &a.shutdown_timeout);
+    set(&mut config.store, &a.store);
+    set(&mut config.data_dir, &a.data_dir);
+    set(&mut config.fsync, &a.fsync);
+    set(
+        &mut config.retention_max_messages,
+        &a.retention_max_messages,
+    );
+    set(&mut config.history_limit, &a.history_limit);
+    set(&mut config.slow_consumer_timeout, &a.slow_consumer_timeout);
+    if a.retention_max_age.is_some() {
+        config.retention_max_age = a.retention_max_age;
+    }
+    if a.api_key.is_some() {
+        config.api_key = a.api_key.clone();
+    }
+    if !a.ephemeral_topics.is_empty() {
+        config.ephemeral_topics = a.ephemeral_topics.clone();
+    }
 }
 
 fn random_secret() -> anyhow::Result<String> {
@@ -331,11 +367,14 @@ mod tests {
         let path = dir.join("t.toml");
         std::fs::write(
             &path,
-            "bind = \"127.0.0.1:9000\"\nrate_limit = 7\nstore = \"memory\"\n",
+            "bind = \"127.0.0.1:9000\"\nrate_limit = 7\nstore = \"memory\"\n[[retention]]\npattern = \"chat.*\"\nmax_messages = 10\n",
         )
         .expect("write");
         let (config, file) = load_file(Some(&path)).expect("load");
         assert_eq!(config.rate_limit, 7);
+        assert_eq!(config.store, StoreKind::Memory);
+        assert_eq!(config.retention[0].max_messages, Some(10));
+        assert_eq!(config.retention[0].max_messages, Some(10));
         assert_eq!(file.bind, Some(SocketAddr::from(([127, 0, 0, 1], 9000))));
         std::fs::write(&path, "nonsense_key = 1\n").expect("write");
         assert!(load_file(Some(&path)).is_err(), "unknown keys are refused");

@@ -1,8 +1,9 @@
 //! One connection's protocol logic, with no socket in sight.
 //!
-//! A [`Session`] takes decoded frames and answers with [`ServerMessage`]s; it talks to the
-//! hub for subscribe/publish. The socket glue in `connection` feeds it frames and writes
-//! its replies, so everything here is unit-tested on the host without a network.
+//! A [`Session`] takes frames and answers with [`Action`]s: replies, markers for the
+//! connection's writer, and commands for the store. It registers subscriptions in the hub
+//! itself. The socket glue in `connection` executes the actions in order, so everything here
+//! is unit-tested on the host without a network.
 //!
 //! Dropping a session removes all its subscriptions, so cleanup also happens when a
 //! connection task ends by panic.
@@ -13,16 +14,44 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tidings_protocol::client::{Auth, Publish, Subscribe, Unsubscribe};
+use tidings_protocol::client::{Append, Auth, History, Publish, Read, Subscribe, Unsubscribe};
 use tidings_protocol::server::{
     Authenticated, Connected, Pong, Published, Subscribed, Unsubscribed,
 };
-use tidings_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use tidings_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Position, ServerMessage};
 
 use crate::auth::{Identity, unix_seconds};
-use crate::hub::Mailbox;
+use crate::hub::{Mailbox, Outbound};
 use crate::state::Shared;
+use crate::store::{Command, Reply};
 use crate::{clock, topic};
+
+/// What the connection glue must do, in order, after a frame.
+#[derive(Debug)]
+pub enum Action {
+    /// Queue this reply to the client.
+    Reply(ServerMessage),
+    /// Queue this marker for the connection's writer (cursor bookkeeping).
+    Mark(Outbound),
+    /// Hand this command to the store's writer (waits only if the store is saturated).
+    Store(Command),
+    /// Answer a `history` request from the store.
+    History(History),
+    /// Answer a `read` request from the store.
+    Read(Read),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Publish { .. } => "Publish",
+            Command::Append { .. } => "Append",
+            Command::Snapshot { .. } => "Snapshot",
+            Command::Trim => "Trim",
+            Command::Flush(_) => "Flush",
+        })
+    }
+}
 
 /// The state of one authenticated connection.
 pub struct Session {
@@ -31,7 +60,7 @@ pub struct Session {
     identity: Identity,
     mailbox: Mailbox,
     /// Sorted, because `subscribed`/`unsubscribed` list them (template behaviour).
-    subscriptions: BTreeSet<String>,
+    subscriptions: BTreeSet<Arc<str>>,
     limiter: DefaultDirectRateLimiter,
 }
 
@@ -73,8 +102,8 @@ impl Session {
         })
     }
 
-    /// Handle one text frame, pushing replies to `out`.
-    pub fn on_text(&mut self, text: &str, out: &mut Vec<ServerMessage>) {
+    /// Handle one text frame, pushing what to do to `out`.
+    pub fn on_text(&mut self, text: &str, out: &mut Vec<Action>) {
         let started = Instant::now();
         self.shared.metrics.messages_in.inc();
         if self.limiter.check().is_err() {
@@ -87,7 +116,7 @@ impl Session {
     }
 
     /// Handle one binary frame: the protocol is JSON text only.
-    pub fn on_binary(&mut self, out: &mut Vec<ServerMessage>) {
+    pub fn on_binary(&mut self, out: &mut Vec<Action>) {
         self.shared.metrics.messages_in.inc();
         self.fail(
             out,
@@ -97,31 +126,49 @@ impl Session {
         );
     }
 
-    fn handle(&mut self, msg: ClientMessage, started: Instant, out: &mut Vec<ServerMessage>) {
+    fn handle(&mut self, msg: ClientMessage, started: Instant, out: &mut Vec<Action>) {
         match msg {
             ClientMessage::Subscribe(m) => self.subscribe(m, out),
             ClientMessage::Unsubscribe(m) => self.unsubscribe(m, out),
             ClientMessage::Publish(m) => self.publish(m, started, out),
-            ClientMessage::Ping(m) => out.push(ServerMessage::Pong(Pong { r#ref: m.r#ref })),
-            ClientMessage::Auth(m) => self.reauthenticate(m, out),
-            other @ (ClientMessage::History(_)
-            | ClientMessage::Append(_)
-            | ClientMessage::Read(_)) => {
-                let r#ref = other.request_ref().map(str::to_owned);
-                self.fail(
-                    out,
-                    ErrorCode::Unavailable,
-                    format!(
-                        "`{}` needs a durable store, which this server does not run",
-                        other.kind()
-                    ),
-                    r#ref,
-                )
+            ClientMessage::Ping(m) => {
+                out.push(Action::Reply(ServerMessage::Pong(Pong { r#ref: m.r#ref })))
             }
+            ClientMessage::Auth(m) => self.reauthenticate(m, out),
+            ClientMessage::History(m) => {
+                if let Some((code, message)) = self.check_read(&m.topic) {
+                    return self.fail(out, code, message, m.r#ref);
+                }
+                out.push(Action::History(m));
+            }
+            ClientMessage::Read(m) => {
+                if let Some((code, message)) = self.check_read(&m.stream) {
+                    return self.fail(out, code, message, m.r#ref);
+                }
+                out.push(Action::Read(m));
+            }
+            ClientMessage::Append(m) => self.append(m, out),
         }
     }
 
-    fn subscribe(&mut self, m: Subscribe, out: &mut Vec<ServerMessage>) {
+    /// Whether the token may read `name` and it is stored at all.
+    fn check_read(&self, name: &str) -> Option<(ErrorCode, String)> {
+        if let Err(e) = topic::validate(name, &self.shared.config) {
+            return Some((ErrorCode::InvalidTopic, format!("{e}: {name:?}")));
+        }
+        if !self.identity.subscribe.allows(name) {
+            return Some((ErrorCode::Forbidden, format!("token may not read {name:?}")));
+        }
+        if self.shared.retention.is_ephemeral(name) {
+            return Some((
+                ErrorCode::Unavailable,
+                format!("{name:?} is ephemeral: nothing is stored"),
+            ));
+        }
+        None
+    }
+
+    fn subscribe(&mut self, m: Subscribe, out: &mut Vec<Action>) {
         // Validate everything first: a request either subscribes to all its topics or to none.
         for name in &m.topics {
             if let Err(e) = topic::validate(name, &self.shared.config) {
@@ -141,9 +188,10 @@ impl Session {
                 );
             }
         }
-        let new: BTreeSet<&String> = m
+        let new: BTreeSet<&str> = m
             .topics
             .iter()
+            .map(String::as_str)
             .filter(|t| !self.subscriptions.contains(*t))
             .collect();
         let max = self.shared.config.max_subscriptions;
@@ -155,38 +203,84 @@ impl Session {
                 m.r#ref,
             );
         }
-        for name in new {
-            self.shared.hub.subscribe(name, &self.mailbox);
-            self.subscriptions.insert(name.clone());
-        }
-        // Without a durable store nothing can be replayed: recovery is reported incomplete.
-        let recovered = m.since.map(|since| {
-            since
-                .into_keys()
-                .filter(|t| self.subscriptions.contains(t))
-                .map(|t| (t, false))
-                .collect::<BTreeMap<_, _>>()
-        });
-        out.push(ServerMessage::Subscribed(Subscribed {
-            topics: self.subscriptions.iter().cloned().collect(),
-            recovered,
-            r#ref: m.r#ref,
-        }));
-    }
-
-    fn unsubscribe(&mut self, m: Unsubscribe, out: &mut Vec<ServerMessage>) {
-        for name in &m.topics {
-            if self.subscriptions.remove(name) {
-                self.shared.hub.unsubscribe(name, self.mailbox.id());
+        let since = m.since.unwrap_or_default();
+        let mut recovered = BTreeMap::new();
+        let mut syncs = Vec::new();
+        for name in m.topics.iter().map(String::as_str).collect::<BTreeSet<_>>() {
+            let is_new = new.contains(name);
+            let position = since.get(name);
+            let name: Arc<str> = Arc::from(name);
+            if self.shared.retention.is_ephemeral(&name) {
+                if position.is_some() {
+                    recovered.insert(name.to_string(), false);
+                }
+            } else if is_new || position.is_some() {
+                // The cursor goes in before the hub registration, the sync after it: every
+                // offset is then either replayed from the store or arrives live, and the
+                // writer drops whatever arrives twice.
+                let (from, complete) = self.start_position(&name, position);
+                if let Some(complete) = complete {
+                    recovered.insert(name.to_string(), complete);
+                }
+                out.push(Action::Mark(Outbound::Track {
+                    topic: Arc::clone(&name),
+                    from,
+                }));
+                syncs.push(Arc::clone(&name));
+            }
+            if is_new {
+                self.shared.hub.subscribe(&name, &self.mailbox);
+                self.subscriptions.insert(name);
             }
         }
-        out.push(ServerMessage::Unsubscribed(Unsubscribed {
-            topics: self.subscriptions.iter().cloned().collect(),
+        out.push(Action::Reply(ServerMessage::Subscribed(Subscribed {
+            topics: self.subscriptions.iter().map(|t| t.to_string()).collect(),
+            recovered: (!recovered.is_empty()).then_some(recovered),
             r#ref: m.r#ref,
-        }));
+        })));
+        for topic in syncs {
+            out.push(Action::Mark(Outbound::Sync { topic }));
+        }
     }
 
-    fn publish(&mut self, m: Publish, started: Instant, out: &mut Vec<ServerMessage>) {
+    /// Where delivery of a durable topic starts, and (when the client asked to resume)
+    /// whether the resume is complete.
+    fn start_position(&self, name: &str, position: Option<&Position>) -> (u64, Option<bool>) {
+        let head = self.shared.store.head(name);
+        let latest = head.as_ref().map_or(0, |h| h.latest);
+        let Some(position) = position else {
+            return (latest, None);
+        };
+        let Some(head) = head else {
+            // Nothing was ever stored here: complete only if the client has nothing either.
+            return (0, Some(position.offset == 0));
+        };
+        let same_history = position.epoch.as_deref().is_none_or(|e| e == head.epoch);
+        if !same_history || position.offset > head.latest {
+            // The history the client's offset refers to is gone: deliver from now on.
+            (head.latest, Some(false))
+        } else if position.offset + 1 < head.first {
+            // Part of what was missed has been trimmed: deliver what is left.
+            (head.first - 1, Some(false))
+        } else {
+            (position.offset, Some(true))
+        }
+    }
+
+    fn unsubscribe(&mut self, m: Unsubscribe, out: &mut Vec<Action>) {
+        for name in &m.topics {
+            if let Some(name) = self.subscriptions.take(name.as_str()) {
+                self.shared.hub.unsubscribe(&name, self.mailbox.id());
+                out.push(Action::Mark(Outbound::Untrack { topic: name }));
+            }
+        }
+        out.push(Action::Reply(ServerMessage::Unsubscribed(Unsubscribed {
+            topics: self.subscriptions.iter().map(|t| t.to_string()).collect(),
+            r#ref: m.r#ref,
+        })));
+    }
+
+    fn publish(&mut self, m: Publish, started: Instant, out: &mut Vec<Action>) {
         if let Err(e) = topic::validate(&m.topic, &self.shared.config) {
             let message = format!("{e}: {:?}", m.topic);
             return self.fail(out, ErrorCode::InvalidTopic, message, m.r#ref);
@@ -194,6 +288,23 @@ impl Session {
         if !self.identity.publish.allows(&m.topic) {
             let message = format!("token may not publish to {:?}", m.topic);
             return self.fail(out, ErrorCode::Forbidden, message, m.r#ref);
+        }
+        if !self.shared.retention.is_ephemeral(&m.topic) {
+            let ack = m.r#ref.is_some();
+            out.push(Action::Store(Command::Publish {
+                topic: Arc::from(m.topic),
+                data: m.data,
+                from: self.client_id.clone(),
+                publisher: Some(self.mailbox.clone()),
+                id: m.id,
+                reply: Reply::Client {
+                    mailbox: self.mailbox.clone(),
+                    r#ref: m.r#ref,
+                    ack,
+                },
+                started,
+            }));
+            return;
         }
         let ack_topic = m.r#ref.is_some().then(|| m.topic.clone());
         self.shared.hub.publish(
@@ -204,25 +315,59 @@ impl Session {
             started,
         );
         if let Some(topic) = ack_topic {
-            out.push(ServerMessage::Published(Published {
+            out.push(Action::Reply(ServerMessage::Published(Published {
                 r#ref: m.r#ref,
                 topic,
                 offset: None,
                 epoch: None,
-            }));
+            })));
         }
     }
 
-    fn reauthenticate(&mut self, m: Auth, out: &mut Vec<ServerMessage>) {
+    fn append(&mut self, m: Append, out: &mut Vec<Action>) {
+        if let Err(e) = topic::validate(&m.stream, &self.shared.config) {
+            let message = format!("{e}: {:?}", m.stream);
+            return self.fail(out, ErrorCode::InvalidTopic, message, m.r#ref);
+        }
+        if !self.identity.publish.allows(&m.stream) {
+            let message = format!("token may not append to {:?}", m.stream);
+            return self.fail(out, ErrorCode::Forbidden, message, m.r#ref);
+        }
+        if self.shared.retention.is_ephemeral(&m.stream) {
+            let message = format!("{:?} is ephemeral: streams must be stored", m.stream);
+            return self.fail(out, ErrorCode::Unavailable, message, m.r#ref);
+        }
+        if m.events.is_empty() {
+            return self.fail(
+                out,
+                ErrorCode::InvalidMessage,
+                "append needs at least one event",
+                m.r#ref,
+            );
+        }
+        out.push(Action::Store(Command::Append {
+            stream: Arc::from(m.stream),
+            expected: m.expected_version,
+            events: m.events,
+            from: self.client_id.clone(),
+            reply: Reply::Client {
+                mailbox: self.mailbox.clone(),
+                r#ref: m.r#ref,
+                ack: true,
+            },
+        }));
+    }
+
+    fn reauthenticate(&mut self, m: Auth, out: &mut Vec<Action>) {
         match self.shared.auth.verify(&m.token) {
             Ok(identity) if identity.user == self.identity.user => {
                 let expires_at = identity.expires_at.map(unix_seconds);
                 self.identity = identity;
-                out.push(ServerMessage::Authenticated(Authenticated {
+                out.push(Action::Reply(ServerMessage::Authenticated(Authenticated {
                     r#ref: m.r#ref,
                     user: self.identity.user.clone(),
                     expires_at,
-                }));
+                })));
             }
             Ok(_) => self.fail(
                 out,
@@ -236,13 +381,13 @@ impl Session {
 
     fn fail(
         &self,
-        out: &mut Vec<ServerMessage>,
+        out: &mut Vec<Action>,
         code: ErrorCode,
         message: impl Into<String>,
         r#ref: Option<String>,
     ) {
         self.shared.metrics.error(code);
-        out.push(ServerMessage::error(code, message, r#ref));
+        out.push(Action::Reply(ServerMessage::error(code, message, r#ref)));
     }
 }
 
@@ -270,6 +415,7 @@ mod tests {
         Arc::new(
             Shared::new(Config {
                 jwt_secret: Some("k".into()),
+                store: crate::config::StoreKind::Memory,
                 ..config
             })
             .expect("shared"),
@@ -292,11 +438,22 @@ mod tests {
         }
     }
 
+    /// The replies among the actions.
+    fn replies(out: Vec<Action>) -> Vec<ServerMessage> {
+        out.into_iter()
+            .filter_map(|a| match a {
+                Action::Reply(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn one(s: &mut Session, text: &str) -> ServerMessage {
         let mut out = Vec::new();
         s.on_text(text, &mut out);
-        assert_eq!(out.len(), 1, "{text} -> {out:?}");
-        out.remove(0)
+        let mut replies = replies(out);
+        assert_eq!(replies.len(), 1, "{text} -> {replies:?}");
+        replies.remove(0)
     }
 
     fn error_code(msg: &ServerMessage) -> Option<ErrorCode> {
@@ -308,7 +465,10 @@ mod tests {
 
     #[test]
     fn template_flow_subscribe_publish_unsubscribe() {
-        let shared = shared(Config::default());
+        let shared = shared(Config {
+            ephemeral_topics: vec!["*".into()],
+            ..Config::default()
+        });
         let (mut a, _rx_a) = session(&shared, user("alice"));
         let (mut b, mut rx_b) = session(&shared, user("alice"));
         assert_ne!(
@@ -349,16 +509,79 @@ mod tests {
     }
 
     #[test]
-    fn publish_with_ref_is_acknowledged() {
-        let shared = shared(Config::default());
+    fn ephemeral_publish_with_ref_is_acknowledged_at_once() {
+        let shared = shared(Config {
+            ephemeral_topics: vec!["live.*".into()],
+            ..Config::default()
+        });
         let (mut a, _rx) = session(&shared, user("alice"));
         let ServerMessage::Published(p) = one(
             &mut a,
-            r#"{"type":"publish","topic":"t","data":1,"ref":"r1"}"#,
+            r#"{"type":"publish","topic":"live.t","data":1,"ref":"r1"}"#,
         ) else {
             panic!("no ack")
         };
-        assert_eq!((p.r#ref.as_deref(), p.topic.as_str()), (Some("r1"), "t"));
+        assert_eq!(
+            (p.r#ref.as_deref(), p.topic.as_str(), p.offset),
+            (Some("r1"), "live.t", None)
+        );
+    }
+
+    #[test]
+    fn durable_publish_and_append_go_to_the_store() {
+        let shared = shared(Config::default());
+        let (mut a, _rx) = session(&shared, user("alice"));
+        for text in [
+            r#"{"type":"publish","topic":"t","data":1,"ref":"r1","id":"m1"}"#,
+            r#"{"type":"append","stream":"s","expected_version":0,"events":[{"type":"x","data":{}}]}"#,
+        ] {
+            let mut out = Vec::new();
+            a.on_text(text, &mut out);
+            assert!(
+                matches!(out.as_slice(), [Action::Store(_)]),
+                "{text} -> {out:?}"
+            );
+        }
+        let reply = one(&mut a, r#"{"type":"append","stream":"s","events":[]}"#);
+        assert_eq!(error_code(&reply), Some(ErrorCode::InvalidMessage));
+    }
+
+    #[test]
+    fn subscribe_tracks_durable_topics_around_the_hub_registration() {
+        let shared = shared(Config {
+            ephemeral_topics: vec!["live".into()],
+            ..Config::default()
+        });
+        let (mut a, _rx) = session(&shared, user("alice"));
+        let mut out = Vec::new();
+        a.on_text(
+            r#"{"type":"subscribe","topics":["d","live"],"since":{"d":{"offset":0},"live":{"offset":3}}}"#,
+            &mut out,
+        );
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|a| match a {
+                Action::Mark(Outbound::Track { .. }) => "track",
+                Action::Mark(Outbound::Sync { .. }) => "sync",
+                Action::Reply(ServerMessage::Subscribed(_)) => "subscribed",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["track", "subscribed", "sync"]);
+        let Some(Action::Reply(ServerMessage::Subscribed(s))) = out.get(1) else {
+            panic!()
+        };
+        let recovered = s.recovered.as_ref().expect("recovered");
+        assert_eq!(
+            recovered.get("d"),
+            Some(&true),
+            "nothing stored, nothing missed"
+        );
+        assert_eq!(
+            recovered.get("live"),
+            Some(&false),
+            "ephemeral topics cannot recover"
+        );
     }
 
     #[test]
@@ -381,8 +604,8 @@ mod tests {
                 ErrorCode::TooManySubscriptions,
             ),
             (
-                r#"{"type":"history","topic":"a","ref":"h"}"#,
-                ErrorCode::Unavailable,
+                r#"{"type":"history","topic":"","ref":"h"}"#,
+                ErrorCode::InvalidTopic,
             ),
         ];
         for (text, code) in cases {
@@ -390,7 +613,10 @@ mod tests {
         }
         let mut out = Vec::new();
         a.on_binary(&mut out);
-        assert_eq!(error_code(&out[0]), Some(ErrorCode::InvalidMessage));
+        assert_eq!(
+            error_code(&replies(out)[0]),
+            Some(ErrorCode::InvalidMessage)
+        );
         assert!(
             a.subscriptions.is_empty(),
             "a refused subscribe adds nothing"
@@ -533,7 +759,7 @@ mod tests {
             }
             let mut out = Vec::new();
             s.on_text(&text, &mut out);
-            assert!(out.len() <= 1, "{text} -> {out:?}");
+            assert!(replies(out).len() <= 1, "{text}");
         }
         assert!(matches!(
             one(&mut s, r#"{"type":"ping"}"#),

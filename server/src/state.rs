@@ -11,6 +11,8 @@ use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
+use crate::retention::Retention;
+use crate::store::{Store, StoreConfig};
 
 /// Everything a connection task needs, behind one `Arc`.
 pub struct Shared {
@@ -19,7 +21,11 @@ pub struct Shared {
     /// Token verification.
     pub auth: Authenticator,
     /// Topics and fan-out.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// Durable history and event streams.
+    pub store: Store,
+    /// Which topics are ephemeral, and how long others are kept.
+    pub retention: Retention,
     /// Connection counting (total and per IP).
     pub limits: ConnLimits,
     /// Prometheus metrics.
@@ -39,10 +45,24 @@ impl Shared {
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
+        let retention = config.compile_retention()?;
         let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
+        let store = Store::open(
+            &StoreConfig {
+                kind: config.store,
+                data_dir: config.data_dir.clone(),
+                fsync: config.fsync,
+                retention: retention.clone(),
+                queue: 8192,
+            },
+            Arc::clone(&hub),
+        )?;
         Ok(Shared {
             auth,
-            hub: Hub::new(Arc::clone(&metrics)),
+            hub,
+            store,
+            retention,
             limits: ConnLimits::new(config.max_connections, config.max_connections_per_ip),
             metrics,
             shutdown: CancellationToken::new(),

@@ -28,7 +28,7 @@ impl Drop for Running {
 fn serve(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .arg("serve")
-        .args(["--bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0", "--store", "memory"])
         .args(args)
         .env_remove("TIDINGS_JWT_SECRET")
         .stdout(Stdio::null())
@@ -128,7 +128,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero_within_the_deadline() {
 #[test]
 fn serve_refuses_to_start_without_a_secret() {
     let out = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["serve", "--bind", "127.0.0.1:0", "--store", "memory"])
         .env_remove("TIDINGS_JWT_SECRET")
         .output()
         .expect("run");
@@ -143,6 +143,7 @@ async fn dev_mode_logs_a_working_token_and_env_vars_configure() {
         let mut child = Command::new(BIN)
             .args(["serve", "--dev"])
             .env("TIDINGS_BIND", "127.0.0.1:0")
+            .env("TIDINGS_STORE", "memory")
             .env("TIDINGS_RATE_LIMIT", "1")
             .env("TIDINGS_RATE_BURST", "1")
             .env_remove("TIDINGS_JWT_SECRET")

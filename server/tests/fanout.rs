@@ -21,6 +21,8 @@ async fn slow_consumer_is_closed_while_fifty_others_get_everything_in_order() {
         rate_limit: 1_000_000,
         rate_burst: 1_000_000,
         queue_capacity: 256,
+        // Ephemeral: nothing to catch up from, so an overflowing subscriber must be closed.
+        ephemeral_topics: vec!["firehose".into()],
         ..config()
     })
     .await;

@@ -284,16 +284,17 @@ async fn backend_publishes_through_the_library_and_router_nests() {
     let url = format!("ws://{}/rt/ws?token={}", server.addr, token("sub"));
     let mut c = Client::connect(&url).await;
     c.subscribe(&["news"]).await;
-    let delivery = tidings
+    let published = tidings
         .publish("news", &json!({"headline": "hi"}))
+        .await
         .expect("publish");
-    assert_eq!(delivery.queued, 1);
+    assert_eq!(published.offset, Some(1));
     let ServerMessage::Message(m) = c.recv().await else {
         panic!()
     };
     assert_eq!(
-        (m.from.as_str(), m.data.get()),
-        ("server", r#"{"headline":"hi"}"#)
+        (m.from.as_str(), m.data.get(), m.offset),
+        ("server", r#"{"headline":"hi"}"#, Some(1))
     );
-    assert!(tidings.publish("", &1).is_err());
+    assert!(tidings.publish("", &1).await.is_err());
 }

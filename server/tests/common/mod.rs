@@ -24,10 +24,42 @@ pub struct TestServer {
     task: tokio::task::JoinHandle<std::io::Result<bool>>,
 }
 
+/// A server on the in-memory store (durable-topic semantics, nothing on disk).
 pub fn config() -> Config {
     Config {
         jwt_secret: Some(SECRET.into()),
+        store: tidings_server::StoreKind::Memory,
         ..Config::default()
+    }
+}
+
+/// A server on SQLite in a fresh temporary directory (removed when the guard drops).
+pub fn sqlite_config(dir: &TempDir) -> Config {
+    Config {
+        store: tidings_server::StoreKind::Sqlite,
+        data_dir: dir.0.clone(),
+        ..config()
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tidings-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
