@@ -1,0 +1,580 @@
+//! `fanout`: S subscribers on one topic, P publishers, M messages; delivered msgs/s,
+//! end-to-end latency, lost / duplicated / out-of-order.
+//!
+//! Phases: connect and subscribe everyone (not measured) -> publish, bounded by count,
+//! time and an in-flight window -> drain (wait for deliveries, bounded by time) -> stop
+//! every task and add up.
+//!
+//! The in-flight window is driven by what subscribers *received*, not by server acks (the
+//! template has none): a publisher may run at most `window` messages ahead of the average
+//! subscriber. That keeps every server's queues bounded without any server-specific feature.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Envelope, Incoming, PublishFrames, Ws};
+use crate::common::{ErrorTally, Run, emit, fmt_opt, opt_r3, r3};
+use crate::stats::{self, LatencySummary, SeqTracker};
+
+/// Options of `fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Number of subscriber connections (all on the one topic).
+    #[arg(short = 's', long, default_value_t = 100)]
+    pub subscribers: usize,
+
+    /// Number of publisher connections (not subscribed; messages are split among them).
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pub publishers: usize,
+
+    /// Total messages to publish (upper bound; --duration may stop publishing earlier).
+    #[arg(short = 'm', long, default_value_t = 100_000)]
+    pub messages: u64,
+
+    /// Size of each message's `data` JSON value in bytes (sequence, time, padding).
+    #[arg(short = 'b', long = "payload", default_value_t = 100)]
+    pub payload_bytes: usize,
+
+    /// Target publish rate in messages/s over all publishers; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Most messages the publishers may be ahead of the average subscriber (default:
+    /// 100,000 deliveries' worth, i.e. 100,000 / subscribers, between 10 and 1,000).
+    #[arg(long)]
+    pub window: Option<u64>,
+
+    /// Stop publishing after this many seconds even if messages remain.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+
+    /// After publishing ends, wait at most this many seconds for deliveries; missing ones are lost.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+
+    /// Give up (publishing or draining) when no delivery arrives for this many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub stall_timeout: f64,
+
+    /// Messages a publisher writes before flushing the socket (as-fast-as-possible mode).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+
+    /// Topic name (default: a fresh one per run).
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+/// Counters shared by publishers and subscribers while messages flow.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Messages published so far (all publishers).
+    sent: AtomicU64,
+    /// Deliveries so far (all subscribers, duplicates included).
+    delivered: AtomicU64,
+    /// A waiting publisher wants a wake-up once `delivered` reaches this.
+    wake_at: AtomicU64,
+    /// Wakes publishers waiting for the window to open.
+    notify: Notify,
+    /// `error` frames with code RATE_LIMITED sent to publishers.
+    rate_limited: AtomicU64,
+    /// Other `error` frames sent to publishers.
+    publisher_errors: AtomicU64,
+}
+
+impl Flow {
+    /// Counts one delivery and wakes a waiting publisher if it asked for this many.
+    fn delivered_one(&self) {
+        let d = self.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        if d >= self.wake_at.load(Ordering::SeqCst) {
+            self.wake_at.store(u64::MAX, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug)]
+struct SubResult {
+    /// One tracker per publisher.
+    trackers: Vec<SeqTracker>,
+    /// End-to-end latency samples, ns.
+    latency: hdrhistogram::Histogram<u64>,
+    /// When its last bench message arrived (ns since run start).
+    last_ns: u64,
+    /// Messages without bench data or from an unknown publisher.
+    foreign: u64,
+    /// Frames that were not JSON.
+    parse_errors: u64,
+    /// `error` frames received.
+    errors: u64,
+    /// The server closed the connection (or it failed) before the end.
+    closed: Option<String>,
+}
+
+/// Why a publisher stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PubEnd {
+    /// All its messages were sent.
+    Done,
+    /// `--duration` ran out.
+    Deadline,
+    /// No delivery for `--stall-timeout` while the window was full.
+    Stalled,
+    /// Its connection failed.
+    Failed,
+}
+
+/// A publisher that finished sending; its connection stays open until the drain ends.
+struct PubResult {
+    /// How many messages it sent (sequence numbers `0..sent`).
+    sent: u64,
+    /// Why it stopped.
+    end: PubEnd,
+    /// The write half, kept open so the server does not see the publisher leave early.
+    _sink: Option<SplitSink<Ws, Message>>,
+    /// Counts `error` frames (e.g. RATE_LIMITED) sent to the publisher into [`Flow`].
+    reader: JoinHandle<()>,
+}
+
+/// Runs the scenario and prints the report.
+pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
+    if a.subscribers == 0 || a.publishers == 0 {
+        bail!("need at least one subscriber and one publisher");
+    }
+    let topic = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", run.run_id));
+    let per_pub: Vec<u64> = (0..a.publishers as u64)
+        .map(|p| a.messages / a.publishers as u64 + u64::from(p < a.messages % a.publishers as u64))
+        .collect();
+
+    // Setup: subscribers, then publishers. Not measured.
+    let t_setup = Instant::now();
+    let sub_frame = client::subscribe_frame(&topic);
+    let subs = run
+        .connect_many("sub", a.subscribers, 1, None, |mut ws: Ws| {
+            let frame = sub_frame.clone();
+            async move {
+                ws.send(Message::text(frame)).await?;
+                client::await_type(&mut ws, "subscribed").await?;
+                Ok(ws)
+            }
+        })
+        .await;
+    let pubs = run
+        .connect_many("pub", a.publishers, 1, None, |ws| async move { Ok(ws) })
+        .await;
+    let mut connect_errors = ErrorTally::default();
+    let subs: Vec<Ws> = subs
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| connect_errors.add(&e)).ok())
+        .collect();
+    let pubs: Vec<Ws> = pubs
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| connect_errors.add(&e)).ok())
+        .collect();
+    if subs.is_empty() || pubs.len() != a.publishers {
+        bail!(
+            "setup failed: {} of {} subscribers, {} of {} publishers connected; errors: {}",
+            subs.len(),
+            a.subscribers,
+            pubs.len(),
+            a.publishers,
+            connect_errors.top(3)
+        );
+    }
+    let setup_secs = t_setup.elapsed().as_secs_f64();
+    let n_subs = subs.len() as u64;
+    let window = a
+        .window
+        .unwrap_or((100_000 / n_subs).clamp(10, 1000))
+        .max(1);
+
+    // Measured phase.
+    let flow = Arc::new(Flow {
+        wake_at: AtomicU64::new(u64::MAX),
+        ..Flow::default()
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sub_tasks: Vec<JoinHandle<SubResult>> = subs
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(subscriber(
+                ws,
+                run.clone(),
+                flow.clone(),
+                stop_rx.clone(),
+                per_pub.clone(),
+            ))
+        })
+        .collect();
+    let probe = run.probe();
+    let pub_start_ns = run.now_ns();
+    let deadline = Instant::now() + Duration::from_secs_f64(a.duration.max(0.0));
+    let pub_tasks: Vec<JoinHandle<PubResult>> = pubs
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            tokio::spawn(publisher(
+                ws,
+                i as u32,
+                per_pub[i],
+                topic.clone(),
+                a.clone(),
+                run.clone(),
+                flow.clone(),
+                n_subs,
+                window,
+                deadline,
+            ))
+        })
+        .collect();
+    let mut pub_results = Vec::with_capacity(pub_tasks.len());
+    for t in pub_tasks {
+        pub_results.push(t.await?);
+    }
+    let publish_secs = (run.now_ns() - pub_start_ns) as f64 / 1e9;
+    let sent_total = flow.sent.load(Ordering::SeqCst);
+
+    // Drain: wait for every expected delivery, for progress to stop, or for the timeout.
+    let expected = sent_total * n_subs;
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(a.drain_timeout.max(0.0));
+    let stall = Duration::from_secs_f64(a.stall_timeout.max(0.1));
+    let (mut last_seen, mut last_progress) =
+        (flow.delivered.load(Ordering::SeqCst), Instant::now());
+    let drain_end = loop {
+        let d = flow.delivered.load(Ordering::SeqCst);
+        if d >= expected {
+            break "complete";
+        }
+        if sub_tasks.iter().all(|t| t.is_finished()) {
+            break "all subscribers closed";
+        }
+        let now = Instant::now();
+        if d != last_seen {
+            (last_seen, last_progress) = (d, now);
+        } else if now - last_progress >= stall {
+            break "stalled";
+        }
+        if now >= drain_deadline {
+            break "timeout";
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let reading = probe.read();
+    let _ = stop_tx.send(true);
+
+    let mut results = Vec::with_capacity(sub_tasks.len());
+    for t in sub_tasks {
+        results.push(t.await?);
+    }
+    let sent: Vec<u64> = pub_results.iter().map(|p| p.sent).collect();
+    let ends: Vec<PubEnd> = pub_results.iter().map(|p| p.end).collect();
+    for p in pub_results {
+        p.reader.abort();
+    }
+    let rate_limited = flow.rate_limited.load(Ordering::SeqCst);
+    let pub_errors = flow.publisher_errors.load(Ordering::SeqCst);
+
+    // Add up.
+    let counts = stats::total_counts(results.iter().map(|r| r.trackers.as_slice()), &sent);
+    let mut latency = stats::new_histogram();
+    let mut last_ns = pub_start_ns;
+    let (mut foreign, mut parse_errors, mut sub_errors, mut closed) = (0, 0, 0, 0);
+    let mut close_reasons = ErrorTally::default();
+    for r in &results {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = latency.add(&r.latency);
+        last_ns = last_ns.max(r.last_ns);
+        foreign += r.foreign;
+        parse_errors += r.parse_errors;
+        sub_errors += r.errors;
+        if let Some(reason) = &r.closed {
+            closed += 1;
+            close_reasons.add(&anyhow::anyhow!("{reason}"));
+        }
+    }
+    let elapsed = (last_ns - pub_start_ns) as f64 / 1e9;
+    let lat = LatencySummary::from_ns(&latency);
+    let delivered_per_sec = stats::per_sec(counts.delivered, elapsed);
+    let cpu_per_msg = stats::cpu_us_per(reading.server_cpu_ms, counts.delivered);
+    let end_of = |e: PubEnd| ends.iter().filter(|&&x| x == e).count();
+
+    let summary = vec![
+        format!(
+            "fanout {}: {} subscribers ({} connected), {} publishers, payload {} B, rate {}, window {}",
+            run.args.label,
+            a.subscribers,
+            n_subs,
+            a.publishers,
+            a.payload_bytes,
+            if a.rate > 0.0 {
+                format!("{} msg/s", a.rate)
+            } else {
+                "max".into()
+            },
+            window
+        ),
+        format!(
+            "  setup {setup_secs:.2} s; published {sent_total} of {} in {publish_secs:.2} s ({:.0} msg/s); drain: {drain_end}",
+            a.messages,
+            stats::per_sec(sent_total, publish_secs)
+        ),
+        format!(
+            "  delivered {} of {} in {elapsed:.2} s = {delivered_per_sec:.0} msg/s; lost {}, duplicated {}, out of order {}",
+            counts.delivered, counts.expected, counts.lost, counts.duplicated, counts.out_of_order
+        ),
+        format!("  latency {}", lat.line()),
+        format!(
+            "  server CPU {} = {} per delivered message; bench CPU {}",
+            fmt_opt(reading.server_cpu_ms, "ms"),
+            fmt_opt(cpu_per_msg, "µs"),
+            fmt_opt(reading.bench_cpu_ms, "ms")
+        ),
+        format!(
+            "  errors: connect {}, rate limited {rate_limited}, other to publishers {pub_errors}, to subscribers {sub_errors}, subscribers closed early {closed}, unparseable {parse_errors}",
+            connect_errors.total()
+        ),
+    ];
+    let report = json!({
+        "bench": "fanout",
+        "label": run.args.label,
+        "url": run.args.url,
+        "subscribers": a.subscribers,
+        "subscribers_connected": n_subs,
+        "publishers": a.publishers,
+        "messages": a.messages,
+        "payload_bytes": a.payload_bytes,
+        "rate_target": a.rate,
+        "window": window,
+        "setup_secs": r3(setup_secs),
+        "sent": sent_total,
+        "publish_secs": r3(publish_secs),
+        "publish_per_sec": r3(stats::per_sec(sent_total, publish_secs)),
+        "publishers_done": end_of(PubEnd::Done),
+        "publishers_deadline": end_of(PubEnd::Deadline),
+        "publishers_stalled": end_of(PubEnd::Stalled),
+        "publishers_failed": end_of(PubEnd::Failed),
+        "drain_end": drain_end,
+        "elapsed_secs": r3(elapsed),
+        "expected": counts.expected,
+        "delivered": counts.delivered,
+        "delivered_per_sec": r3(delivered_per_sec),
+        "lost": counts.lost,
+        "duplicated": counts.duplicated,
+        "out_of_order": counts.out_of_order,
+        "unexpected": counts.unexpected + foreign,
+        "latency_us": lat,
+        "server_cpu_ms": opt_r3(reading.server_cpu_ms),
+        "server_cpu_us_per_msg": opt_r3(cpu_per_msg),
+        "server_rss_kib": reading.server_rss_kib,
+        "bench_cpu_ms": opt_r3(reading.bench_cpu_ms),
+        "connect_errors": connect_errors.total(),
+        "connect_error_kinds": connect_errors.top(3),
+        "rate_limited": rate_limited,
+        "publisher_errors": pub_errors,
+        "subscriber_errors": sub_errors,
+        "subscribers_closed": closed,
+        "close_reasons": close_reasons.top(3),
+        "parse_errors": parse_errors,
+    });
+    emit(&summary, &report);
+    Ok(())
+}
+
+/// One subscriber: reads until told to stop, recording every bench message.
+async fn subscriber(
+    mut ws: Ws,
+    run: Arc<Run>,
+    flow: Arc<Flow>,
+    mut stop: watch::Receiver<bool>,
+    per_pub: Vec<u64>,
+) -> SubResult {
+    let mut r = SubResult {
+        trackers: per_pub.iter().map(|&n| SeqTracker::new(n)).collect(),
+        latency: stats::new_histogram(),
+        last_ns: 0,
+        foreign: 0,
+        parse_errors: 0,
+        errors: 0,
+        closed: None,
+    };
+    // Created once: polling a fresh `changed()` per frame would take the watch channel's
+    // lock on every delivery, shared by all subscribers.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    loop {
+        // `biased`, stream first: the stop signal is looked at only when no frame is ready,
+        // which is soon after the publishers stop.
+        let msg = tokio::select! {
+            biased;
+            msg = ws.next() => msg,
+            _ = &mut stopped => break,
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => match client::classify(text.as_str()) {
+                Incoming::Message(Some(d)) if (d.p as usize) < r.trackers.len() => {
+                    let now = run.now_ns();
+                    r.trackers[d.p as usize].record(d.s);
+                    r.latency.saturating_record(now.saturating_sub(d.t).max(1));
+                    r.last_ns = now;
+                    flow.delivered_one();
+                }
+                Incoming::Message(_) => r.foreign += 1,
+                Incoming::Error => r.errors += 1,
+                Incoming::Other => {}
+                Incoming::Invalid => r.parse_errors += 1,
+            },
+            Some(Ok(Message::Close(frame))) => {
+                r.closed = Some(format!("closed by server: {frame:?}"));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                r.closed = Some(format!("read error: {e}"));
+                break;
+            }
+            None => {
+                r.closed = Some("connection ended".into());
+                break;
+            }
+        }
+    }
+    r
+}
+
+/// One publisher: sends its share, paced by `--rate` or the window, bounded by `deadline`.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    ws: Ws,
+    idx: u32,
+    count: u64,
+    topic: String,
+    a: FanoutArgs,
+    run: Arc<Run>,
+    flow: Arc<Flow>,
+    n_subs: u64,
+    window: u64,
+    deadline: Instant,
+) -> PubResult {
+    let (mut sink, stream) = ws.split();
+    let reader = tokio::spawn(count_errors(stream, flow.clone()));
+    let frames = PublishFrames::new(&topic, idx, a.payload_bytes);
+    // Per-publisher interval between messages when paced.
+    let interval = (a.rate > 0.0).then(|| a.publishers as f64 / a.rate);
+    let low_water = window - window / 4;
+    let stall = Duration::from_secs_f64(a.stall_timeout.max(0.1));
+    let batch = a.batch.max(1);
+    let start = Instant::now();
+    let mut seq = 0u64;
+    let mut unflushed = 0usize;
+    let in_flight = || {
+        flow.sent
+            .load(Ordering::SeqCst)
+            .saturating_sub(flow.delivered.load(Ordering::SeqCst) / n_subs)
+    };
+
+    let end = 'send: loop {
+        if seq >= count {
+            break PubEnd::Done;
+        }
+        if Instant::now() >= deadline {
+            break PubEnd::Deadline;
+        }
+        if let Some(iv) = interval {
+            let due = start + Duration::from_secs_f64(seq as f64 * iv);
+            if due > Instant::now() {
+                if unflushed > 0 && sink.flush().await.is_err() {
+                    break PubEnd::Failed;
+                }
+                unflushed = 0;
+                tokio::time::sleep_until(due.min(deadline).into()).await;
+                continue;
+            }
+        }
+        if in_flight() >= window {
+            // Flush first: what we hold back cannot be delivered.
+            if unflushed > 0 && sink.flush().await.is_err() {
+                break PubEnd::Failed;
+            }
+            unflushed = 0;
+            let mut last = flow.delivered.load(Ordering::SeqCst);
+            let mut last_progress = Instant::now();
+            loop {
+                let notified = flow.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let target = flow
+                    .sent
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(low_water)
+                    .saturating_mul(n_subs);
+                flow.wake_at.fetch_min(target, Ordering::SeqCst);
+                let d = flow.delivered.load(Ordering::SeqCst);
+                if d >= target {
+                    break;
+                }
+                // A short timeout as a safety net: another publisher may have reset `wake_at`.
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+                let d = flow.delivered.load(Ordering::SeqCst);
+                let now = Instant::now();
+                if d != last {
+                    (last, last_progress) = (d, now);
+                } else if now - last_progress >= stall {
+                    break 'send PubEnd::Stalled;
+                }
+                if now >= deadline {
+                    break 'send PubEnd::Deadline;
+                }
+            }
+        }
+        let frame = frames.frame(seq, run.now_ns());
+        if sink.feed(Message::text(frame)).await.is_err() {
+            break PubEnd::Failed;
+        }
+        seq += 1;
+        flow.sent.fetch_add(1, Ordering::SeqCst);
+        unflushed += 1;
+        if interval.is_some() || unflushed >= batch {
+            if sink.flush().await.is_err() {
+                break PubEnd::Failed;
+            }
+            unflushed = 0;
+        }
+    };
+    let ok = sink.flush().await.is_ok();
+    PubResult {
+        sent: seq,
+        end: if ok { end } else { PubEnd::Failed },
+        _sink: Some(sink),
+        reader,
+    }
+}
+
+/// Reads a publisher's incoming frames, counting `error` frames into `flow`.
+async fn count_errors(mut stream: SplitStream<Ws>, flow: Arc<Flow>) {
+    while let Some(Ok(msg)) = stream.next().await {
+        if let Message::Text(text) = msg
+            && let Ok(env) = Envelope::parse(text.as_str())
+            && env.kind == "error"
+        {
+            if env.code == Some("RATE_LIMITED") {
+                flow.rate_limited.fetch_add(1, Ordering::SeqCst);
+            } else {
+                flow.publisher_errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
