@@ -14,6 +14,8 @@
 //! * [`store`](Store) — durable history: the single writer (group commit, offsets, fan-out
 //!   after commit) and the SQLite / memory backends.
 //! * `retention` — which topics are ephemeral and how long others are kept.
+//! * [`Repository`] — event-sourced aggregates for Rust code: load from snapshot + events,
+//!   save with the expected version, snapshot every N events.
 //!
 //! Embedding: build a [`Tidings`], nest [`Tidings::router`] in your app, publish from your
 //! code with [`Tidings::publish`], and call [`Tidings::shutdown`] on the way out.
@@ -37,6 +39,7 @@ mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod repository;
 mod retention;
 mod session;
 mod state;
@@ -53,6 +56,7 @@ use std::time::Instant;
 pub use auth::{AuthError, TokenSpec, mint as mint_token};
 pub use config::{Config, ConfigError};
 pub use hub::Delivery;
+pub use repository::{Repository, RepositoryError};
 pub use retention::RetentionRule;
 pub use store::{Committed, Head, Store, StoreError, StoreKind};
 
@@ -169,12 +173,14 @@ impl Tidings {
     /// `shutdown_timeout`. Returns false if sessions were still open at the deadline.
     pub async fn shutdown(&self) -> bool {
         self.begin_shutdown();
-        tokio::time::timeout(
-            self.shared.config.shutdown_timeout,
-            self.shared.sessions.wait(),
-        )
-        .await
-        .is_ok()
+        let deadline = self.shared.config.shutdown_timeout;
+        let clean = tokio::time::timeout(deadline, self.shared.sessions.wait())
+            .await
+            .is_ok();
+        // Everything acknowledged is already committed; this waits for publishes still in
+        // flight from the sessions that just closed.
+        let _ = tokio::time::timeout(deadline, self.shared.store.flush()).await;
+        clean
     }
 }
 

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Client, Ended, SECRET, WAIT};
+use common::{Client, Ended, SECRET, TempDir, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use tidings_protocol::ServerMessage;
+use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 
@@ -25,10 +28,17 @@ impl Drop for Running {
     }
 }
 
+/// Start `tidings serve` on a free port (memory store unless `args` choose one).
 fn serve(args: &[&str]) -> Running {
+    let store: &[&str] = if args.contains(&"--store") {
+        &[]
+    } else {
+        &["--store", "memory"]
+    };
     let mut child = Command::new(BIN)
         .arg("serve")
-        .args(["--bind", "127.0.0.1:0", "--store", "memory"])
+        .args(["--bind", "127.0.0.1:0"])
+        .args(store)
         .args(args)
         .env_remove("TIDINGS_JWT_SECRET")
         .stdout(Stdio::null())
@@ -207,4 +217,138 @@ fn help_documents_every_option_with_its_default() {
         assert!(help.contains(env), "--help lacks {env}");
     }
     assert!(help.contains("[default: 127.0.0.1:8000]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_that_was_acknowledged() {
+    const TOTAL: usize = 10_000;
+    let dir = TempDir::new("crash");
+    let data_dir = dir.0.to_str().expect("utf8 path").to_owned();
+    let args = [
+        "--jwt-secret",
+        SECRET,
+        "--store",
+        "sqlite",
+        "--data-dir",
+        &data_dir,
+        "--rate-limit",
+        "1000000",
+        "--rate-burst",
+        "1000000",
+    ];
+    let mut server = serve(&args);
+    let client = Client::connect(&server.url(&mint("producer"))).await;
+    let (mut sink, mut stream) = client.ws.split();
+    tokio::spawn(async move {
+        for i in 0..TOTAL {
+            let frame =
+                format!(r#"{{"type":"publish","topic":"ledger","data":{{"i":{i}}},"ref":"{i}"}}"#);
+            if sink.send(Message::Text(frame.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Collect acknowledgements; kill -9 the server once a few thousand are in.
+    let mut acked: Vec<(usize, u64, String)> = Vec::new();
+    let mut killed = false;
+    loop {
+        let frame = match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("frames keep coming")
+        {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        if let Ok(ServerMessage::Published(p)) = ServerMessage::decode(frame.as_str()) {
+            let i: usize = p
+                .r#ref
+                .as_deref()
+                .and_then(|r| r.parse().ok())
+                .expect("ref");
+            acked.push((i, p.offset.expect("offset"), p.epoch.expect("epoch")));
+        }
+        if !killed && acked.len() >= 3_000 {
+            server.child.kill().expect("kill -9");
+            killed = true;
+        }
+    }
+    assert!(
+        killed && acked.len() >= 3_000 && acked.len() < TOTAL,
+        "killed mid-stream: {} acks",
+        acked.len()
+    );
+    let _ = server.child.wait();
+
+    // Restart on the same data directory.
+    let server = serve(&args);
+    let mut reader = Client::connect(&server.url(&mint("auditor"))).await;
+    let mut stored: Vec<(u64, u64)> = Vec::new();
+    let mut epoch: String;
+    loop {
+        let since = stored.last().map_or(0, |(o, _)| *o);
+        let reply = reader
+            .request(&format!(
+                r#"{{"type":"history","topic":"ledger","since":{since},"limit":1000}}"#
+            ))
+            .await;
+        let ServerMessage::History(page) = reply else {
+            panic!("{reply:?}")
+        };
+        epoch = page.epoch.clone();
+        if page.messages.is_empty() {
+            break;
+        }
+        for m in page.messages {
+            let v: serde_json::Value = serde_json::from_str(m.data.get()).expect("json");
+            stored.push((m.offset.expect("offset"), v["i"].as_u64().expect("i")));
+        }
+    }
+    let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "contiguous offsets"
+    );
+    for (i, offset, ack_epoch) in &acked {
+        assert_eq!(ack_epoch, &epoch, "the epoch survived the crash");
+        let entry = stored
+            .get(*offset as usize - 1)
+            .expect("every acknowledged offset is stored");
+        assert_eq!(
+            entry,
+            &(*offset, *i as u64),
+            "acknowledged message {i} is intact"
+        );
+    }
+
+    // A subscriber resuming from its last acknowledged offset gets exactly the rest.
+    let (_, last_acked, _) = acked
+        .iter()
+        .max_by_key(|(_, o, _)| *o)
+        .expect("acks")
+        .clone();
+    let mut resumer = Client::connect(&server.url(&mint("resumer"))).await;
+    resumer
+        .send(&format!(
+            r#"{{"type":"subscribe","topics":["ledger"],"since":{{"ledger":{{"offset":{last_acked},"epoch":"{epoch}"}}}}}}"#
+        ))
+        .await;
+    let mut rest = Vec::new();
+    while (rest.len() as u64) < stored.len() as u64 - last_acked {
+        match resumer.recv().await {
+            ServerMessage::Message(m) => rest.push(m.offset.expect("offset")),
+            ServerMessage::Subscribed(s) => {
+                assert_eq!(
+                    s.recovered.and_then(|r| r.get("ledger").copied()),
+                    Some(true)
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        rest,
+        (last_acked + 1..=stored.len() as u64).collect::<Vec<_>>()
+    );
 }

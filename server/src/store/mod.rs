@@ -26,6 +26,8 @@ use tidings_protocol::{Json, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{Hub, Mailbox};
+#[cfg(test)]
+use crate::metrics::Metrics;
 use crate::retention::Retention;
 
 /// Where a topic's history stands.
@@ -299,6 +301,19 @@ impl Store {
             hub,
             config.retention.clone(),
         )?;
+        // Retention runs in the background: a tick asks the writer for one bounded trim.
+        // The ticker holds only a weak sender, so it ends when the store is dropped.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("tidings-retention".into())
+            .spawn(move || {
+                while let Some(tx) = weak.upgrade() {
+                    let _ = tx.try_send(Command::Trim);
+                    drop(tx);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("start retention thread: {e}")))?;
         Ok(Store {
             tx,
             reader,
@@ -411,5 +426,52 @@ impl Store {
         if self.send(Command::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::Retention;
+
+    fn store(kind: StoreKind, dir: &std::path::Path, max: u64) -> Store {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics));
+        Store::open(
+            &StoreConfig {
+                kind,
+                data_dir: dir.to_owned(),
+                fsync: false,
+                retention: Retention::new(&[], &[], max, None).expect("retention"),
+                queue: 64,
+            },
+            hub,
+        )
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn retention_trims_in_the_background_on_both_backends() {
+        let dir = std::env::temp_dir().join(format!("tidings-store-unit-{}", std::process::id()));
+        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
+            let s = store(kind, &dir, 10);
+            for i in 0..50 {
+                let data = serde_json::value::to_raw_value(&i).expect("json");
+                s.publish("t", data, "test", None).await.expect("publish");
+            }
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while s.head("t").map(|h| h.first) != Some(41) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?}: head {:?}",
+                    s.head("t")
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let rows = s.read("t", 0, 100).await.expect("read");
+            assert_eq!(rows.first().map(|r| r.offset), Some(41), "{kind:?}");
+            assert_eq!(rows.len(), 10);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

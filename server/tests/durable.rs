@@ -1,0 +1,381 @@
+//! Durable topics and event streams over real WebSockets: offsets, acks, idempotency,
+//! recovery without gaps under concurrent load, retention, catch-up, version conflicts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use tidings_protocol::{ErrorCode, ServerMessage};
+use tidings_server::Config;
+
+/// Send `n` publishes with refs (pipelined) and collect the acks: offset by ref.
+async fn publish_acked(
+    c: &mut Client,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) -> BTreeMap<usize, u64> {
+    for i in range.clone() {
+        c.send(
+            &json!({"type":"publish","topic":topic,"data":{"i":i},"ref":i.to_string()}).to_string(),
+        )
+        .await;
+    }
+    let mut acks = BTreeMap::new();
+    while acks.len() < range.len() {
+        match c.recv().await {
+            ServerMessage::Published(p) => {
+                let i: usize = p
+                    .r#ref
+                    .as_deref()
+                    .and_then(|r| r.parse().ok())
+                    .expect("ref");
+                acks.insert(i, p.offset.expect("durable ack has an offset"));
+            }
+            ServerMessage::Message(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    acks
+}
+
+/// The next `message` (skipping acks and others); returns (offset, data.i).
+async fn next_message(c: &mut Client) -> (u64, u64) {
+    loop {
+        if let ServerMessage::Message(m) = c.recv().await {
+            let v: serde_json::Value = serde_json::from_str(m.data.get()).expect("json");
+            return (m.offset.expect("offset"), v["i"].as_u64().expect("i"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn offsets_are_contiguous_acks_carry_them_and_subscribers_see_them_in_order() {
+    let dir = TempDir::new("offsets");
+    let server = start(sqlite_config(&dir)).await;
+    let mut sub = server.connect("sub").await;
+    sub.subscribe(&["orders"]).await;
+    let mut publisher = server.connect("pub").await;
+    let acks = publish_acked(&mut publisher, "orders", 0..200).await;
+    let offsets: Vec<u64> = acks.values().copied().collect();
+    assert_eq!(
+        offsets,
+        (1..=200).collect::<Vec<_>>(),
+        "offsets follow publish order, no gaps"
+    );
+    for expected in 1..=200u64 {
+        assert_eq!(next_message(&mut sub).await, (expected, expected - 1));
+    }
+    let reply = sub
+        .request(r#"{"type":"history","topic":"orders","since":190,"ref":"h"}"#)
+        .await;
+    let ServerMessage::History(page) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(page.latest, 200);
+    let got: Vec<u64> = page
+        .messages
+        .iter()
+        .map(|m| m.offset.expect("offset"))
+        .collect();
+    assert_eq!(got, (191..=200).collect::<Vec<_>>());
+    assert!(
+        page.messages
+            .iter()
+            .all(|m| m.epoch.as_deref() == Some(page.epoch.as_str()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_with_since_under_concurrent_load_has_no_gap_and_no_duplicate() {
+    const TOTAL: u64 = 3000;
+    let dir = TempDir::new("recovery");
+    let server = start(Config {
+        rate_limit: 1_000_000,
+        rate_burst: 1_000_000,
+        ..sqlite_config(&dir)
+    })
+    .await;
+    let mut first = server.connect("reader").await;
+    first.subscribe(&["feed"]).await;
+
+    // A publisher streams TOTAL messages while the reader drops and resumes.
+    let mut publisher = server.connect("writer").await;
+    let writer = tokio::spawn(async move {
+        let acks = publish_acked(&mut publisher, "feed", 0..TOTAL as usize).await;
+        acks.len()
+    });
+
+    let mut seen = Vec::new();
+    let mut epoch = None;
+    while seen.len() < 400 {
+        if let ServerMessage::Message(m) = first.recv().await {
+            epoch = m.epoch.clone();
+            seen.push(m.offset.expect("offset"));
+        }
+    }
+    drop(first); // mid-stream, without a goodbye
+    let last = *seen.last().expect("some");
+
+    let mut again = server.connect("reader").await;
+    let since = json!({"type":"subscribe","topics":["feed"],"since":{"feed":{"offset":last,"epoch":epoch}}});
+    again.send(&since.to_string()).await;
+    while (seen.len() as u64) < TOTAL {
+        match again.recv().await {
+            ServerMessage::Message(m) => seen.push(m.offset.expect("offset")),
+            ServerMessage::Subscribed(s) => {
+                assert_eq!(s.recovered.and_then(|r| r.get("feed").copied()), Some(true));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every offset exactly once, in order"
+    );
+    assert_eq!(writer.await.expect("writer"), TOTAL as usize);
+}
+
+#[tokio::test]
+async fn idempotent_publish_retried_after_a_dropped_connection_is_stored_once() {
+    let dir = TempDir::new("idempotent");
+    let server = start(sqlite_config(&dir)).await;
+    let publish =
+        r#"{"type":"publish","topic":"pay","data":{"amount":5},"id":"payment-42","ref":"p"}"#;
+    let mut c = server.connect("payer").await;
+    let ServerMessage::Published(first) = c.request(publish).await else {
+        panic!()
+    };
+    drop(c);
+    let mut c = server.connect("payer").await;
+    let ServerMessage::Published(retry) = c.request(publish).await else {
+        panic!()
+    };
+    assert_eq!(
+        first.offset, retry.offset,
+        "the retry is acknowledged with the original offset"
+    );
+    let ServerMessage::History(page) = c.request(r#"{"type":"history","topic":"pay"}"#).await
+    else {
+        panic!()
+    };
+    assert_eq!(page.messages.len(), 1, "stored once");
+    assert_eq!(page.latest, 1);
+}
+
+#[tokio::test]
+async fn trimmed_history_and_changed_epochs_report_recovered_false() {
+    let server = start(Config {
+        retention_max_messages: 10,
+        ..config()
+    })
+    .await;
+    let mut p = server.connect("p").await;
+    publish_acked(&mut p, "short", 0..50).await;
+    // Retention runs in the background; wait for it to trim.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ServerMessage::History(page) = p.request(r#"{"type":"history","topic":"short"}"#).await
+        else {
+            panic!()
+        };
+        if page.messages.first().and_then(|m| m.offset) == Some(41) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = server.connect("s").await;
+    let reply = s
+        .request(r#"{"type":"subscribe","topics":["short"],"since":{"short":{"offset":5}}}"#)
+        .await;
+    let ServerMessage::Subscribed(sub) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        sub.recovered.and_then(|r| r.get("short").copied()),
+        Some(false)
+    );
+    assert_eq!(
+        next_message(&mut s).await.0,
+        41,
+        "what is left is delivered"
+    );
+
+    let mut t = server.connect("t").await;
+    let reply = t
+        .request(r#"{"type":"subscribe","topics":["short"],"since":{"short":{"offset":45,"epoch":"not-this-one"}}}"#)
+        .await;
+    let ServerMessage::Subscribed(sub) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        sub.recovered.and_then(|r| r.get("short").copied()),
+        Some(false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_overflows_its_queue_catches_up_from_the_store_without_loss() {
+    const TOTAL: u64 = 2000;
+    let dir = TempDir::new("catchup");
+    let server = start(Config {
+        queue_capacity: 16,
+        rate_limit: 1_000_000,
+        rate_burst: 1_000_000,
+        ..sqlite_config(&dir)
+    })
+    .await;
+    // A reader with a tiny socket buffer that does not read until everything is published.
+    let mut lazy = {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            server.ws_url(&token("lazy")),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("handshake");
+        Client {
+            ws,
+            client_id: String::new(),
+        }
+    };
+    assert!(matches!(lazy.recv().await, ServerMessage::Connected(_)));
+    lazy.subscribe(&["big"]).await;
+    let mut p = server.connect("p").await;
+    let pad = "x".repeat(1000);
+    for i in 0..TOTAL {
+        p.send(&json!({"type":"publish","topic":"big","data":{"i":i,"pad":pad}}).to_string())
+            .await;
+    }
+    let ServerMessage::Published(last) = p
+        .request(r#"{"type":"publish","topic":"big","data":{"i":-1},"ref":"last"}"#)
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(last.offset, Some(TOTAL + 1));
+    // Now read: every message arrives, in order, and the connection was never closed.
+    for expected in 1..=TOTAL {
+        let (offset, _) = next_message(&mut lazy).await;
+        assert_eq!(offset, expected);
+    }
+    let metrics = server.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("tidings_slow_consumer_closes_total 0\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_stuck_past_the_timeout_is_closed_as_slow() {
+    let server = start(Config {
+        queue_capacity: 4,
+        slow_consumer_timeout: Duration::from_millis(300),
+        rate_limit: 1_000_000,
+        rate_burst: 1_000_000,
+        ..config()
+    })
+    .await;
+    let mut stuck = {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            server.ws_url(&token("stuck")),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("handshake");
+        Client {
+            ws,
+            client_id: String::new(),
+        }
+    };
+    assert!(matches!(stuck.recv().await, ServerMessage::Connected(_)));
+    stuck.subscribe(&["t"]).await;
+    let mut p = server.connect("p").await;
+    // 12 MB: more than the kernel's socket buffers can absorb for it.
+    let pad = "y".repeat(4000);
+    for i in 0..3000 {
+        p.send(&json!({"type":"publish","topic":"t","data":{"i":i,"pad":pad}}).to_string())
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = server.get("/metrics").await.text().await.expect("metrics");
+        if metrics.contains("tidings_slow_consumer_closes_total 1\n") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never closed: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The publisher was unaffected throughout.
+    assert!(matches!(
+        p.request(r#"{"type":"ping"}"#).await,
+        ServerMessage::Pong(_)
+    ));
+    let _ = stuck.ws.next().await;
+}
+
+#[tokio::test]
+async fn appends_at_the_same_expected_version_exactly_one_wins() {
+    let dir = TempDir::new("append");
+    let server = start(sqlite_config(&dir)).await;
+    let mut watcher = server.connect("w").await;
+    watcher.subscribe(&["order-1"]).await;
+    let append = r#"{"type":"append","stream":"order-1","expected_version":0,"events":[{"type":"order_created","data":{"customer_id":"c","items":[],"total":0}}],"ref":"a"}"#;
+    let mut a = server.connect("a").await;
+    let mut b = server.connect("b").await;
+    a.send(append).await;
+    b.send(append).await;
+    let (ra, rb) = tokio::join!(a.recv(), b.recv());
+    let outcomes = [&ra, &rb];
+    let wins = outcomes
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Appended(x) if x.version == 1))
+        .count();
+    let conflicts: Vec<_> = outcomes
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error(e) if e.code == ErrorCode::VersionConflict => {
+                Some(e.current_version)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!((wins, conflicts), (1, vec![Some(1)]), "{ra:?} / {rb:?}");
+
+    // Subscribers of the stream see the event live, as an envelope with its version.
+    let ServerMessage::Message(m) = watcher.recv().await else {
+        panic!()
+    };
+    assert_eq!(m.offset, Some(1));
+    let envelope: serde_json::Value = serde_json::from_str(m.data.get()).expect("json");
+    assert_eq!(envelope["type"], "order_created");
+
+    let reply = a
+        .request(r#"{"type":"read","stream":"order-1","ref":"r"}"#)
+        .await;
+    let ServerMessage::Events(events) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((events.version, events.events.len()), (1, 1));
+    assert_eq!(events.events[0].r#type, "order_created");
+    assert_eq!(
+        events.events[0].data.get(),
+        r#"{"customer_id":"c","items":[],"total":0}"#
+    );
+}
