@@ -79,6 +79,10 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// Key for the backend HTTP API (`Authorization: Bearer KEY`); unset = API disabled.
     pub api_key: Option<String>,
+    /// How long a publish `id` is remembered: a retry within it is acknowledged with the
+    /// original offset instead of being stored again.
+    #[serde(with = "duration_str")]
+    pub dedup_window: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +114,7 @@ impl Default for Config {
             history_limit: 1000,
             slow_consumer_timeout: Duration::from_secs(30),
             api_key: None,
+            dedup_window: Duration::from_secs(3600),
         }
     }
 }

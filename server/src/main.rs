@@ -123,6 +123,9 @@ struct ServeArgs {
     /// Close a connection whose socket accepts nothing for this long (4002). [default: 30s]
     #[arg(long, env = "TIDINGS_SLOW_CONSUMER_TIMEOUT", value_parser = humantime::parse_duration)]
     slow_consumer_timeout: Option<Duration>,
+    /// How long a publish `id` is remembered for idempotent retries. [default: 1h]
+    #[arg(long, env = "TIDINGS_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
+    dedup_window: Option<Duration>,
     /// Key for the backend HTTP API under /api (Authorization: Bearer KEY). [default: API off]
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -294,6 +297,7 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
     );
     set(&mut config.history_limit, &a.history_limit);
     set(&mut config.slow_consumer_timeout, &a.slow_consumer_timeout);
+    set(&mut config.dedup_window, &a.dedup_window);
     if a.retention_max_age.is_some() {
         config.retention_max_age = a.retention_max_age;
     }

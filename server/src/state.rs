@@ -55,6 +55,7 @@ impl Shared {
                 fsync: config.fsync,
                 retention: retention.clone(),
                 queue: 8192,
+                dedup_window: config.dedup_window,
             },
             Arc::clone(&hub),
         )?;

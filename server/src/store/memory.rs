@@ -37,10 +37,11 @@ impl Backend for MemoryBackend {
         Ok(HashMap::new())
     }
 
-    fn find_id(&mut self, topic: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    fn find_id(&mut self, topic: &str, id: &str, since: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.data().topics.get(topic).and_then(|rows| {
             rows.iter()
                 .rev()
+                .take_while(|r| r.timestamp.as_str() >= since)
                 .find(|r| r.msg_id.as_deref() == Some(id))
                 .map(|r| r.offset)
         }))

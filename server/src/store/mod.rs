@@ -198,7 +198,9 @@ pub(crate) trait Backend: Send + 'static {
     /// Every known topic's head (loaded once at start).
     fn heads(&mut self) -> Result<HashMap<String, Head>, StoreError>;
     /// The offset an earlier publish with this id got, if it is still stored.
-    fn find_id(&mut self, topic: &str, id: &str) -> Result<Option<u64>, StoreError>;
+    /// The offset an earlier publish with this id got, if it was written at or after `since`
+    /// (RFC 3339): the idempotency window.
+    fn find_id(&mut self, topic: &str, id: &str, since: &str) -> Result<Option<u64>, StoreError>;
     /// Write rows and updated heads in one transaction.
     fn commit(&mut self, rows: &[Row], heads: &[(&str, &Head)]) -> Result<(), StoreError>;
     /// Save a snapshot.
@@ -268,6 +270,8 @@ pub struct StoreConfig {
     pub retention: Retention,
     /// Commands queued for the writer before publishers wait.
     pub queue: usize,
+    /// How long a publish `id` is remembered for idempotent retries.
+    pub dedup_window: std::time::Duration,
 }
 
 /// Handle to the store: the writer's channel, a reader and the shared heads.
@@ -300,6 +304,7 @@ impl Store {
             Arc::clone(&heads),
             hub,
             config.retention.clone(),
+            config.dedup_window,
         )?;
         // Retention runs in the background: a tick asks the writer for one bounded trim.
         // The ticker holds only a weak sender, so it ends when the store is dropped.
@@ -444,6 +449,7 @@ mod tests {
                 fsync: false,
                 retention: Retention::new(&[], &[], max, None).expect("retention"),
                 queue: 64,
+                dedup_window: std::time::Duration::from_secs(60),
             },
             hub,
         )

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS messages (
     event_type TEXT,
     PRIMARY KEY (topic, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages (topic, msg_id) WHERE msg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_id ON messages (topic, msg_id) WHERE msg_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS snapshots (
     stream  TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -86,12 +86,15 @@ impl Backend for SqliteBackend {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn find_id(&mut self, topic: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    fn find_id(&mut self, topic: &str, id: &str, since: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT seq FROM messages WHERE topic = ?1 AND msg_id = ?2")?
-            .query_row(params![topic, id], |r| r.get::<_, i64>(0))
+            .prepare_cached(
+                "SELECT MAX(seq) FROM messages WHERE topic = ?1 AND msg_id = ?2 AND ts >= ?3",
+            )?
+            .query_row(params![topic, id, since], |r| r.get::<_, Option<i64>>(0))
             .optional()?
+            .flatten()
             .map(|s| s as u64))
     }
 

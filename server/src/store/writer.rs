@@ -36,6 +36,7 @@ pub(super) fn start(
     heads: Arc<Heads>,
     hub: Arc<Hub>,
     retention: Retention,
+    dedup_window: Duration,
 ) -> Result<(), StoreError> {
     let loaded = backend.heads()?;
     let cache: HashMap<Arc<str>, Head> =
@@ -49,6 +50,7 @@ pub(super) fn start(
         hub,
         retention,
         trim_next: 0,
+        dedup_window,
     };
     std::thread::Builder::new()
         .name("tidings-store".into())
@@ -65,6 +67,7 @@ struct Writer {
     hub: Arc<Hub>,
     retention: Retention,
     trim_next: usize,
+    dedup_window: Duration,
 }
 
 /// What to do for one command once the batch is committed.
@@ -136,6 +139,12 @@ impl Writer {
 
     fn process(&mut self, batch: Vec<Command>) {
         let timestamp = clock::now_rfc3339();
+        let dedup_since = humantime::format_rfc3339_millis(
+            SystemTime::now()
+                .checked_sub(self.dedup_window)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        )
+        .to_string();
         let mut rows: Vec<Row> = Vec::new();
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         let mut dirty: HashMap<Arc<str>, Head> = HashMap::new();
@@ -156,7 +165,7 @@ impl Writer {
                     if let Some(id) = &id {
                         let known = match batch_ids.get(&(Arc::clone(&topic), id.clone())) {
                             Some(offset) => Ok(Some(*offset)),
-                            None => self.backend.find_id(&topic, id),
+                            None => self.backend.find_id(&topic, id, &dedup_since),
                         };
                         match known {
                             Ok(Some(offset)) => {
