@@ -27,6 +27,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ws", get(upgrade))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::api::routes(&shared.config))
         .with_state(shared)
 }
 

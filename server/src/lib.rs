@@ -6,6 +6,7 @@
 //! * `auth` — JWT verification, identities and topic permissions; token minting.
 //! * `topic` — topic name rules and permission patterns.
 //! * `http` — the axum routes: `/ws` upgrade (all refusals happen here), `/health`, `/metrics`.
+//! * `api` — the backend HTTP API under `/api` (API key): publish, history, append, read.
 //! * `connection` — socket glue: reader loop, writer task, heartbeats, close codes.
 //! * `session` — one connection's protocol logic, no I/O (unit-tested on the host).
 //! * `hub` — topic → subscriber mailboxes; encode-once fan-out that never waits.
@@ -31,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod api;
 mod auth;
 mod clock;
 pub mod config;

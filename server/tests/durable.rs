@@ -234,22 +234,7 @@ async fn a_subscriber_that_overflows_its_queue_catches_up_from_the_store_without
     })
     .await;
     // A reader with a tiny socket buffer that does not read until everything is published.
-    let mut lazy = {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let stream = socket.connect(server.addr).await.expect("connect");
-        let (ws, _) = tokio_tungstenite::client_async(
-            server.ws_url(&token("lazy")),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        )
-        .await
-        .expect("handshake");
-        Client {
-            ws,
-            client_id: String::new(),
-        }
-    };
-    assert!(matches!(lazy.recv().await, ServerMessage::Connected(_)));
+    let mut lazy = Client::connect_small_buffer(&server, "lazy").await;
     lazy.subscribe(&["big"]).await;
     let mut p = server.connect("p").await;
     let pad = "x".repeat(1000);
@@ -286,22 +271,7 @@ async fn a_subscriber_stuck_past_the_timeout_is_closed_as_slow() {
         ..config()
     })
     .await;
-    let mut stuck = {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let stream = socket.connect(server.addr).await.expect("connect");
-        let (ws, _) = tokio_tungstenite::client_async(
-            server.ws_url(&token("stuck")),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        )
-        .await
-        .expect("handshake");
-        Client {
-            ws,
-            client_id: String::new(),
-        }
-    };
-    assert!(matches!(stuck.recv().await, ServerMessage::Connected(_)));
+    let mut stuck = Client::connect_small_buffer(&server, "stuck").await;
     stuck.subscribe(&["t"]).await;
     let mut p = server.connect("p").await;
     // 12 MB: more than the kernel's socket buffers can absorb for it.

@@ -29,22 +29,7 @@ async fn slow_consumer_is_closed_while_fifty_others_get_everything_in_order() {
 
     // The slow consumer subscribes, then never reads again. Its socket has a tiny receive
     // buffer, so the kernel cannot absorb the stream for it and its queue overflows.
-    let mut slow = {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let stream = socket.connect(server.addr).await.expect("tcp connect");
-        let (ws, _) = tokio_tungstenite::client_async(
-            server.ws_url(&token("slow")),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        )
-        .await
-        .expect("handshake");
-        Client {
-            ws,
-            client_id: String::new(),
-        }
-    };
-    assert!(matches!(slow.recv().await, ServerMessage::Connected(_)));
+    let mut slow = Client::connect_small_buffer(&server, "slow").await;
     slow.subscribe(&["firehose"]).await;
 
     // The publisher stays at most WINDOW messages ahead of the slowest *fast* reader, so

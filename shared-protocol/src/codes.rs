@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The feature or resource is not available on this server right now.
     Unavailable,
+    /// The resource (a stream, an endpoint of the HTTP API) does not exist.
+    NotFound,
     /// A bug or an internal failure; the request may be retried.
     Internal,
     /// A code this build does not know (sent by a newer server).
@@ -39,7 +41,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server may send, for documentation and metrics pre-registration.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::RateLimited,
         ErrorCode::InvalidMessageType,
         ErrorCode::InvalidMessage,
@@ -50,6 +52,7 @@ impl ErrorCode {
         ErrorCode::TooManySubscriptions,
         ErrorCode::Unauthorized,
         ErrorCode::Unavailable,
+        ErrorCode::NotFound,
         ErrorCode::Internal,
     ];
 
@@ -66,6 +69,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::Unknown => "UNKNOWN",
         }

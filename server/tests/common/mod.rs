@@ -178,6 +178,29 @@ impl Client {
         client
     }
 
+    /// Connect over a socket with a tiny receive buffer, so that a client which does not read
+    /// cannot have the kernel absorb the stream for it; reads the `connected` frame.
+    pub async fn connect_small_buffer(server: &TestServer, user: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket.connect(server.addr).await.expect("tcp connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            server.ws_url(&token(user)),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("handshake");
+        let mut client = Client {
+            ws,
+            client_id: String::new(),
+        };
+        match client.recv().await {
+            ServerMessage::Connected(c) => client.client_id = c.client_id,
+            other => panic!("first frame was {other:?}"),
+        }
+        client
+    }
+
     /// Try a handshake that should be refused; returns the HTTP status.
     pub async fn refused(request: impl IntoClientRequest + Unpin) -> u16 {
         match tokio_tungstenite::connect_async(request).await {
