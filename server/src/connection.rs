@@ -145,7 +145,8 @@ async fn read_loop(
                 if last_seen.elapsed() > config.heartbeat_timeout {
                     return Some(CloseCode::HeartbeatTimeout);
                 }
-                mailbox.offer(Outbound::Heartbeat);
+                // A full queue is busy writing anyway: skip the beat rather than wait.
+                mailbox.offer_if_room(Outbound::Heartbeat);
             }
             frame = stream.next() => {
                 let frame = match frame {
@@ -175,31 +176,34 @@ async fn read_loop(
     }
 }
 
-/// Carry out one action of the session. Replies go through the connection's own queue: a
-/// client that does not read its replies is a slow consumer like any other.
+/// Carry out one action of the session.
+///
+/// Replies and markers must not be lost, so they wait for room in the connection's own queue
+/// (a subscriber of a durable topic may be catching up with a full queue and is not slow for
+/// that). A client whose queue stays full for `slow_consumer_timeout` is a slow consumer.
 async fn perform(shared: &Shared, mailbox: &Mailbox, action: Action) -> Result<(), StoreError> {
-    match action {
-        Action::Reply(reply) => {
-            mailbox.offer(encode(&reply));
-        }
-        Action::Mark(marker) => {
-            mailbox.offer(marker);
-        }
-        Action::Store(command) => shared.store.send(command).await?,
+    let item = match action {
+        Action::Reply(reply) => encode(&reply),
+        Action::Mark(marker) => marker,
+        Action::Store(command) => return shared.store.send(command).await,
         Action::History(request) => {
             let r#ref = request.r#ref.clone();
             let reply = history(shared, request)
                 .await
                 .unwrap_or_else(|e| store_error(e, r#ref));
-            mailbox.offer(encode(&reply));
+            encode(&reply)
         }
         Action::Read(request) => {
             let r#ref = request.r#ref.clone();
             let reply = read(shared, request)
                 .await
                 .unwrap_or_else(|e| store_error(e, r#ref));
-            mailbox.offer(encode(&reply));
+            encode(&reply)
         }
+    };
+    tokio::select! {
+        _ = mailbox.send(item, shared.config.slow_consumer_timeout) => {}
+        _ = shared.shutdown.cancelled() => {}
     }
     Ok(())
 }

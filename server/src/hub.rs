@@ -97,6 +97,22 @@ impl Mailbox {
         }
     }
 
+    /// Queue an item if there is room right now; otherwise drop it (for heartbeats, which
+    /// are pointless on a connection that is busy writing anyway).
+    pub fn offer_if_room(&self, item: Outbound) {
+        let _ = self.tx.try_send(item);
+    }
+
+    /// Queue an item that must not be lost (a reply, a cursor marker), waiting for room.
+    /// If the queue stays full for `patience`, the connection is a slow consumer: the
+    /// overflow signal trips and the item is dropped with the connection.
+    pub async fn send(&self, item: Outbound, patience: std::time::Duration) {
+        match tokio::time::timeout(patience, self.tx.send(item)).await {
+            Ok(_) => {}
+            Err(_) => self.overflow.cancel(),
+        }
+    }
+
     /// The flag the connection's writer checks to know it must catch up from the store.
     pub fn lagging(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.lagging)
