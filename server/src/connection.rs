@@ -53,8 +53,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let overflow = CancellationToken::new();
     let mailbox = Mailbox::new(shared.hub.next_conn_id(), tx, overflow.clone());
     let mut session = Session::new(Arc::clone(&shared), identity, mailbox.clone());
-    shared.metrics.connections.inc();
-    shared.metrics.connections_opened.inc();
+    let _open = OpenGauge::new(&shared);
     tracing::debug!(client_id = session.client_id(), "connected");
 
     let (sink, mut stream) = socket.split();
@@ -108,8 +107,25 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     if !writer.is_finished() && timeout(CLOSE_GRACE, &mut writer).await.is_err() {
         writer.abort();
     }
-    shared.metrics.connections.dec();
     tracing::debug!(client_id = session.client_id(), "disconnected");
+}
+
+/// Counts the connection in the `connections` gauge for as long as it lives — including when
+/// its task ends by panic (tokio catches it; this guard, the session and the permit clean up).
+struct OpenGauge<'a>(&'a Shared);
+
+impl<'a> OpenGauge<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.metrics.connections.inc();
+        shared.metrics.connections_opened.inc();
+        OpenGauge(shared)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
 }
 
 /// Read frames until the connection should end; returns the close code to send, or `None`
