@@ -1,0 +1,17 @@
+//! Tidings browser SDK: a WebSocket pub/sub client that does not lose messages.
+//!
+//! * [`core`] — the sans-IO client: connection state machine, backoff, liveness, subscriptions
+//!   with dedup and gap recovery, the publish outbox, request/reply by `ref`. Plain Rust, tested
+//!   on the host.
+//! * `wasm` (wasm32 only) — the thin browser shell: WebSocket, one timer, `online`/`offline`
+//!   and `visibilitychange` listeners, sessionStorage, and the JS API (`TidingsClient`).
+//!
+//! Architecture invariant: all decisions are made in [`core`]; the shell only turns browser
+//! events into [`core::Input`]s and [`core::Action`]s into browser calls.
+
+#![deny(missing_docs)]
+
+pub mod core;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

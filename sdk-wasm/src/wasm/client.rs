@@ -1,0 +1,622 @@
+//! `TidingsClient` and `Subscription`: the JS API over the core, and the action pump.
+//!
+//! Re-entrancy rule: the shared state is borrowed only to feed the core or to take what an
+//! action needs, never while calling into JS. A handler may therefore call `publish` or
+//! `unsubscribe` (even `close`) from inside a callback.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::core::vecmap::VecMap;
+use std::rc::{Rc, Weak};
+
+use js_sys::{Function, Promise};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+use super::browser::{self, Listener, Socket, SocketEvent, Timer};
+use super::convert;
+use super::stream::{self, StreamState};
+use super::types::*;
+use crate::core::{
+    Action, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
+};
+
+/// What receives a subscriber's messages.
+pub(crate) enum Receiver {
+    /// An application handler.
+    Js(Function),
+    /// An event stream following its topic.
+    Stream(Rc<RefCell<StreamState>>),
+}
+
+/// Callbacks of one subscription.
+pub(crate) struct Handlers {
+    pub(crate) receiver: Receiver,
+    pub(crate) on_recovery: Vec<Function>,
+    pub(crate) on_error: Vec<Function>,
+}
+
+/// Who is waiting for a request's reply.
+pub(crate) enum Waiter {
+    /// A promise returned to the application.
+    Promise { resolve: Function, reject: Function },
+    /// An event stream's initial `read`.
+    StreamLoad(Rc<RefCell<StreamState>>),
+    /// An event stream's `append`: fold the events locally once the server accepted them.
+    StreamAppend {
+        stream: Rc<RefCell<StreamState>>,
+        events: Vec<JsValue>,
+        resolve: Function,
+        reject: Function,
+    },
+}
+
+/// Everything the client owns; shared between the JS objects and the browser callbacks
+/// (which hold it weakly).
+pub(crate) struct Shared {
+    pub(crate) core: Core,
+    socket: Option<Socket>,
+    timer: Option<Timer>,
+    listeners: Vec<Listener>,
+    state_handlers: Vec<Function>,
+    error_handlers: Vec<Function>,
+    pub(crate) handlers: VecMap<SubId, Handlers>,
+    pub(crate) waiters: VecMap<RequestId, Waiter>,
+    get_token: Option<Function>,
+    /// sessionStorage key for offsets, when `persistOffsets` is on.
+    persist_key: Option<String>,
+    /// Offsets loaded from sessionStorage.
+    saved: BTreeMap<String, Position>,
+    /// An offset moved since the last save.
+    dirty: bool,
+}
+
+pub(crate) type SharedRef = Rc<RefCell<Shared>>;
+
+/// Feed the core through `f`, then carry out every action it queued.
+pub(crate) fn run<T>(shared: &SharedRef, f: impl FnOnce(&mut Core, Ctx) -> T) -> T {
+    let out = {
+        let mut s = shared.borrow_mut();
+        f(&mut s.core, browser::ctx())
+    };
+    pump(shared);
+    out
+}
+
+fn feed(weak: &Weak<RefCell<Shared>>, input: Input) {
+    if let Some(shared) = weak.upgrade() {
+        run(&shared, |core, ctx| core.handle(ctx, input));
+    }
+}
+
+pub(crate) fn call1_public(f: &Function, arg: &JsValue) {
+    call1(f, arg)
+}
+
+fn call1(f: &Function, arg: &JsValue) {
+    if let Err(e) = f.call1(&JsValue::NULL, arg) {
+        web_sys::console::error_2(&JsValue::from_str("tidings: a callback threw"), &e);
+    }
+}
+
+/// Carry out queued actions until the core has nothing more to say.
+pub(crate) fn pump(shared: &SharedRef) {
+    loop {
+        let action = shared.borrow_mut().core.poll_action();
+        let Some(action) = action else { break };
+        execute(shared, action);
+    }
+    let save = {
+        let mut s = shared.borrow_mut();
+        if s.dirty {
+            s.dirty = false;
+            s.persist_key.clone().map(|k| (k, s.core.positions()))
+        } else {
+            None
+        }
+    };
+    if let (Some((key, positions)), Some(storage)) = (save, browser::session_storage())
+        && let Ok(text) = serde_json::to_string(&positions)
+    {
+        let _ = storage.set_item(&key, &text);
+    }
+}
+
+fn execute(shared: &SharedRef, action: Action) {
+    let weak = Rc::downgrade(shared);
+    match action {
+        Action::OpenSocket { socket, url } => {
+            let w = weak.clone();
+            let report = move |id: SocketId, event: SocketEvent| {
+                let input = match event {
+                    SocketEvent::Opened => Input::SocketOpened(id),
+                    SocketEvent::Text(text) => Input::Frame { socket: id, text },
+                    SocketEvent::Closed(code, reason) => Input::SocketClosed {
+                        socket: id,
+                        code,
+                        reason,
+                    },
+                };
+                feed(&w, input);
+            };
+            match Socket::open(socket, &url, report) {
+                Ok(ws) => shared.borrow_mut().socket = Some(ws),
+                Err(_) => {
+                    // A malformed URL: treat it as a failed attempt (the core backs off).
+                    shared.borrow_mut().socket = None;
+                    run(shared, |core, ctx| {
+                        core.handle(
+                            ctx,
+                            Input::SocketClosed {
+                                socket,
+                                code: 1006,
+                                reason: "could not create WebSocket".into(),
+                            },
+                        )
+                    });
+                }
+            }
+        }
+        Action::CloseSocket {
+            socket,
+            code,
+            reason,
+        } => {
+            let old = {
+                let mut s = shared.borrow_mut();
+                if s.socket.as_ref().is_some_and(|x| x.id == socket) {
+                    s.socket.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(old) = old {
+                old.close(code, &reason);
+            }
+        }
+        Action::Send { socket, frame } => {
+            let s = shared.borrow();
+            if let Some(ws) = s.socket.as_ref().filter(|x| x.id == socket) {
+                ws.send(&frame);
+            }
+        }
+        Action::ArmTimer { at } => {
+            let delay = at.saturating_sub(browser::ctx().now);
+            let w = weak.clone();
+            let timer = Timer::arm(delay, move || feed(&w, Input::TimerFired));
+            shared.borrow_mut().timer = timer;
+        }
+        Action::CancelTimer => shared.borrow_mut().timer = None,
+        Action::FetchToken => fetch_token(shared, weak),
+        Action::StateChanged(state) => {
+            let handlers = shared.borrow().state_handlers.clone();
+            let name = JsValue::from_str(state.as_str());
+            for h in handlers {
+                call1(&h, &name);
+            }
+        }
+        Action::Deliver { sub, message } => {
+            let receiver = {
+                let mut s = shared.borrow_mut();
+                if message.offset.is_some() && s.persist_key.is_some() {
+                    s.dirty = true;
+                }
+                match s.handlers.get(&sub).map(|h| &h.receiver) {
+                    Some(Receiver::Js(f)) => Some(Receiver::Js(f.clone())),
+                    Some(Receiver::Stream(st)) => Some(Receiver::Stream(st.clone())),
+                    None => None,
+                }
+            };
+            match receiver {
+                Some(Receiver::Js(f)) => call1(&f, &convert::message(&message)),
+                Some(Receiver::Stream(st)) => stream::on_message(&st, &message),
+                None => {}
+            }
+        }
+        Action::Recovery {
+            sub,
+            topic,
+            recovered,
+        } => {
+            let cbs = shared
+                .borrow()
+                .handlers
+                .get(&sub)
+                .map(|h| h.on_recovery.clone())
+                .unwrap_or_default();
+            let info = convert::recovery(&topic, recovered);
+            for cb in cbs {
+                call1(&cb, &info);
+            }
+        }
+        Action::SubscriptionFailed { sub, error } => {
+            let removed = shared.borrow_mut().handlers.remove(&sub);
+            if let Some(h) = removed {
+                let err = convert::error(&error);
+                if let Receiver::Stream(st) = &h.receiver {
+                    stream::on_error(st, &err);
+                }
+                for cb in h.on_error {
+                    call1(&cb, &err);
+                }
+            }
+        }
+        Action::Resolve { request, reply } => {
+            let waiter = shared.borrow_mut().waiters.remove(&request);
+            match waiter {
+                Some(Waiter::Promise { resolve, .. }) => call1(&resolve, &convert::reply(&reply)),
+                Some(Waiter::StreamLoad(st)) => {
+                    if let Reply::Events(events) = &reply {
+                        stream::on_loaded(shared, &st, events);
+                    }
+                }
+                Some(Waiter::StreamAppend {
+                    stream: st,
+                    events,
+                    resolve,
+                    ..
+                }) => {
+                    if let Reply::Appended { version, .. } = &reply {
+                        stream::on_appended(&st, &events, *version);
+                    }
+                    call1(&resolve, &convert::reply(&reply));
+                }
+                None => {}
+            }
+        }
+        Action::Reject { request, error } => {
+            let waiter = shared.borrow_mut().waiters.remove(&request);
+            let err = convert::error(&error);
+            match waiter {
+                Some(Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. }) => {
+                    call1(&reject, &err)
+                }
+                Some(Waiter::StreamLoad(st)) => stream::on_error(&st, &err),
+                None => {}
+            }
+        }
+        Action::Error(error) => {
+            let handlers = shared.borrow().error_handlers.clone();
+            let err = convert::error(&error);
+            for h in handlers {
+                call1(&h, &err);
+            }
+        }
+    }
+}
+
+fn fetch_token(shared: &SharedRef, weak: Weak<RefCell<Shared>>) {
+    let get_token = shared.borrow().get_token.clone();
+    let Some(get_token) = get_token else {
+        run(shared, |core, ctx| {
+            core.handle(ctx, Input::Token(Err("no getToken".into())))
+        });
+        return;
+    };
+    match get_token.call0(&JsValue::NULL) {
+        Ok(v) if v.is_string() => {
+            let token = v.as_string().unwrap_or_default();
+            run(shared, |core, ctx| {
+                core.handle(ctx, Input::Token(Ok(token)))
+            });
+        }
+        Ok(v) => {
+            let promise = Promise::resolve(&v);
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = match JsFuture::from(promise).await {
+                    Ok(t) => t
+                        .as_string()
+                        .ok_or_else(|| "getToken must resolve to a string".to_owned()),
+                    Err(e) => Err(describe(&e)),
+                };
+                feed(&weak, Input::Token(result));
+            });
+        }
+        Err(e) => {
+            let msg = describe(&e);
+            run(shared, |core, ctx| core.handle(ctx, Input::Token(Err(msg))));
+        }
+    }
+}
+
+fn describe(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "getToken failed".into())
+}
+
+/// A promise settled by the core's answer to the request `f` makes.
+pub(crate) fn request_promise(
+    shared: &SharedRef,
+    f: impl FnOnce(&mut Core, Ctx) -> Result<RequestId, SdkError>,
+) -> Promise {
+    let mut slots = None;
+    let promise = Promise::new(&mut |resolve, reject| slots = Some((resolve, reject)));
+    let Some((resolve, reject)) = slots else {
+        return promise;
+    };
+    let result = {
+        let mut s = shared.borrow_mut();
+        let result = f(&mut s.core, browser::ctx());
+        if let Ok(id) = result {
+            s.waiters.insert(
+                id,
+                Waiter::Promise {
+                    resolve,
+                    reject: reject.clone(),
+                },
+            );
+        }
+        result
+    };
+    if let Err(e) = result {
+        call1(&reject, &convert::error(&e));
+    }
+    pump(shared);
+    promise
+}
+
+fn instance_id() -> String {
+    let a = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    let b = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    format!("{a:08x}{b:08x}")
+}
+
+/// A Tidings connection: subscribe, publish, history and event streams, with reconnects,
+/// replay and an offline queue handled for you.
+#[wasm_bindgen]
+pub struct TidingsClient {
+    shared: SharedRef,
+}
+
+#[wasm_bindgen]
+impl TidingsClient {
+    /// Connect with `options` (`url` or `urls`, `token` or `getToken`, `reconnect`,
+    /// `persistOffsets`). Connecting starts at once; watch `onStateChange`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: TidingsOptions) -> Result<TidingsClient, JsValue> {
+        let options: JsValue = options.into();
+        let opts = convert::options(&options, instance_id()).map_err(|e| convert::error(&e))?;
+        let persist_key = opts
+            .persist
+            .then(|| format!("tidings:offsets:{}", opts.config.urls.join(",")));
+        let saved = persist_key
+            .as_deref()
+            .and_then(|k| browser::session_storage()?.get_item(k).ok().flatten())
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let core = Core::new(opts.config).map_err(|e| convert::error(&e))?;
+        let shared = Rc::new(RefCell::new(Shared {
+            core,
+            socket: None,
+            timer: None,
+            listeners: Vec::new(),
+            state_handlers: Vec::new(),
+            error_handlers: Vec::new(),
+            handlers: VecMap::new(),
+            waiters: VecMap::new(),
+            get_token: opts.get_token,
+            persist_key,
+            saved,
+            dirty: false,
+        }));
+        let listeners = listen(&Rc::downgrade(&shared));
+        shared.borrow_mut().listeners = listeners;
+        run(&shared, |core, ctx| core.handle(ctx, Input::Start));
+        Ok(TidingsClient { shared })
+    }
+
+    /// The connection state: connecting | connected | reconnecting | closed.
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> StateName {
+        JsValue::from_str(self.shared.borrow().core.state().as_str()).unchecked_into()
+    }
+
+    /// Call `handler(state)` on every state change.
+    #[wasm_bindgen(js_name = onStateChange)]
+    pub fn on_state_change(&self, handler: StateHandler) {
+        self.shared
+            .borrow_mut()
+            .state_handlers
+            .push(handler.unchecked_into());
+    }
+
+    /// Call `handler(error)` for errors not tied to a request (rate limited, token refused,
+    /// `getToken` failed).
+    #[wasm_bindgen(js_name = onError)]
+    pub fn on_error(&self, handler: ErrorHandler) {
+        self.shared
+            .borrow_mut()
+            .error_handlers
+            .push(handler.unchecked_into());
+    }
+
+    /// Call `handler(message)` for every message on `topic`. `options.since` resumes after a
+    /// saved position (replaying what was missed).
+    pub fn subscribe(
+        &self,
+        topic: String,
+        handler: MessageHandler,
+        options: Option<SubscribeOptionsArg>,
+    ) -> Result<Subscription, JsValue> {
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        let explicit = convert::since(&options).map_err(|e| convert::error(&e))?;
+        let since = explicit.or_else(|| self.shared.borrow().saved.get(&topic).cloned());
+        let handlers = Handlers {
+            receiver: Receiver::Js(handler.unchecked_into()),
+            on_recovery: Vec::new(),
+            on_error: Vec::new(),
+        };
+        let id = subscribe_with(&self.shared, &topic, since, handlers)
+            .map_err(|e| convert::error(&e))?;
+        Ok(Subscription {
+            shared: Rc::downgrade(&self.shared),
+            id,
+            topic,
+        })
+    }
+
+    /// Publish `data` (any JSON value) to `topic`. Resolves with `{topic, offset, epoch}` once
+    /// the server acknowledged it; while offline the publish is queued and sent after
+    /// reconnecting (retries carry the same id, so it is published once).
+    pub fn publish(&self, topic: String, data: JsValue) -> PublishPromise {
+        let raw = convert::to_raw_json(&data);
+        request_promise(&self.shared, |core, ctx| core.publish(ctx, &topic, raw?)).unchecked_into()
+    }
+
+    /// Stored messages of a durable topic after offset `since` (at most `limit`).
+    pub fn history(&self, topic: String, options: Option<HistoryOptionsArg>) -> HistoryPromise {
+        let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
+        let since = convert::get(&options, "since")
+            .as_f64()
+            .map(|v| v.max(0.0) as u64);
+        let limit = convert::get(&options, "limit")
+            .as_f64()
+            .map(|v| v.clamp(0.0, f64::from(u32::MAX)) as u32);
+        request_promise(&self.shared, |core, ctx| {
+            core.history(ctx, &topic, since, limit)
+        })
+        .unchecked_into()
+    }
+
+    /// Load event stream `id` (snapshot + events folded with `reducer` from `initial`), then
+    /// follow it live.
+    pub fn stream(
+        &self,
+        id: String,
+        reducer: Reducer,
+        initial: JsValue,
+    ) -> Result<super::EventStream, JsValue> {
+        stream::open(&self.shared, id, reducer.unchecked_into(), initial)
+    }
+
+    /// Close the connection for good: pending requests fail with code "CLOSED", and no
+    /// timer, listener or socket is left behind.
+    pub fn close(&self) {
+        shutdown(&self.shared);
+    }
+}
+
+impl Drop for TidingsClient {
+    fn drop(&mut self) {
+        shutdown(&self.shared);
+    }
+}
+
+fn shutdown(shared: &SharedRef) {
+    run(shared, |core, _| core.close());
+    let (socket, timer, listeners, waiters) = {
+        let mut s = shared.borrow_mut();
+        s.handlers.clear();
+        s.state_handlers.clear();
+        s.error_handlers.clear();
+        (
+            s.socket.take(),
+            s.timer.take(),
+            std::mem::take(&mut s.listeners),
+            std::mem::take(&mut s.waiters),
+        )
+    };
+    // Dropped outside the borrow: their Drop calls into the browser.
+    drop((socket, timer, listeners));
+    let err = convert::error(&SdkError::Closed);
+    for w in waiters.into_values() {
+        if let Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. } = w {
+            call1(&reject, &err);
+        }
+    }
+}
+
+/// Subscribe through the core and register the callbacks.
+pub(crate) fn subscribe_with(
+    shared: &SharedRef,
+    topic: &str,
+    since: Option<Position>,
+    handlers: Handlers,
+) -> Result<SubId, SdkError> {
+    let id = {
+        let mut s = shared.borrow_mut();
+        let id = s.core.subscribe(browser::ctx(), topic, since)?;
+        s.handlers.insert(id, handlers);
+        id
+    };
+    pump(shared);
+    Ok(id)
+}
+
+fn listen(weak: &Weak<RefCell<Shared>>) -> Vec<Listener> {
+    let mut out = Vec::new();
+    let Some(window) = web_sys::window() else {
+        return out;
+    };
+    let w = weak.clone();
+    out.extend(Listener::new(window.clone().into(), "online", move |_| {
+        feed(&w, Input::Online)
+    }));
+    let w = weak.clone();
+    out.extend(Listener::new(window.clone().into(), "offline", move |_| {
+        feed(&w, Input::Offline)
+    }));
+    if let Some(document) = window.document() {
+        let w = weak.clone();
+        out.extend(Listener::new(
+            document.into(),
+            "visibilitychange",
+            move |_| {
+                if browser::page_visible() {
+                    feed(&w, Input::Visible);
+                }
+            },
+        ));
+    }
+    out
+}
+
+/// One `subscribe` call: stop it with `unsubscribe()`.
+#[wasm_bindgen]
+pub struct Subscription {
+    shared: Weak<RefCell<Shared>>,
+    id: SubId,
+    topic: String,
+}
+
+#[wasm_bindgen]
+impl Subscription {
+    /// The subscribed topic.
+    #[wasm_bindgen(getter)]
+    pub fn topic(&self) -> String {
+        self.topic.clone()
+    }
+
+    /// Stop receiving messages (the topic is unsubscribed when no one else listens).
+    pub fn unsubscribe(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.borrow_mut().handlers.remove(&self.id);
+            run(&shared, |core, ctx| core.unsubscribe(ctx, self.id));
+        }
+    }
+
+    /// Call `handler({topic, recovered})` after each recovery (reconnect or gap repair).
+    /// `recovered: false` means some messages could not be replayed.
+    #[wasm_bindgen(js_name = onRecovery)]
+    pub fn on_recovery(&self, handler: RecoveryHandler) {
+        if let Some(shared) = self.shared.upgrade()
+            && let Some(h) = shared.borrow_mut().handlers.get_mut(&self.id)
+        {
+            h.on_recovery.push(handler.unchecked_into());
+        }
+    }
+
+    /// Call `handler(error)` if the server refuses the subscription.
+    #[wasm_bindgen(js_name = onError)]
+    pub fn on_error(&self, handler: ErrorHandler) {
+        if let Some(shared) = self.shared.upgrade()
+            && let Some(h) = shared.borrow_mut().handlers.get_mut(&self.id)
+        {
+            h.on_error.push(handler.unchecked_into());
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! TypeScript declarations for the package's `.d.ts`: option and message shapes, and the
+//! typed callback and promise types used in the exported signatures.
+
+#![allow(missing_docs)] // the extern types below are documented by their TypeScript names
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** connecting | connected | reconnecting | closed */
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "closed";
+
+export interface TidingsOptions {
+  /** WebSocket endpoint, e.g. "ws://127.0.0.1:8000/ws". */
+  url?: string;
+  /** Several endpoints, tried in turn after failed attempts (failover). */
+  urls?: string[];
+  /** A fixed JWT. */
+  token?: string;
+  /** Called before every connection attempt and before the token expires. */
+  getToken?: () => string | Promise<string>;
+  /** Reconnect backoff: full jitter between 0 and min*2^n, capped at max. Defaults 500 / 20000. */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /** Save per-topic offsets in sessionStorage so a reload resumes without loss. */
+  persistOffsets?: boolean;
+  /** Requests without a reply this long after being sent fail with code "TIMEOUT". Default 30000. */
+  requestTimeoutMs?: number;
+  /** A connection attempt taking longer than this is abandoned. Default 10000. */
+  connectTimeoutMs?: number;
+  /** Most unacknowledged publishes kept (offline queue). Default 1000. */
+  outboxCapacity?: number;
+}
+
+export interface TidingsMessage {
+  topic: string;
+  data: any;
+  from: string;
+  timestamp: string;
+  /** Durable topics only. */
+  offset?: number;
+  epoch?: string;
+}
+
+export interface SubscribeOptions {
+  /** "latest" (default), an offset, or a saved position: replay what came after it. */
+  since?: "latest" | number | { offset: number; epoch?: string };
+}
+
+export interface HistoryOptions { since?: number; limit?: number }
+
+export interface HistoryPage {
+  topic: string;
+  epoch: string;
+  messages: TidingsMessage[];
+  latest: number;
+}
+
+export interface PublishAck {
+  topic: string;
+  /** null on ephemeral topics. */
+  offset: number | null;
+  epoch: string | null;
+}
+
+export interface RecoveryInfo {
+  topic: string;
+  /** false: some messages could not be replayed; reload state from history. */
+  recovered: boolean;
+}
+
+export interface StreamEvent { version: number; type: string; data: any; timestamp?: string }
+
+/** Every error the SDK raises: an Error with a stable code. */
+export interface TidingsError extends Error {
+  code: "TIMEOUT" | "DISCONNECTED" | "CLOSED" | "OUTBOX_FULL" | "INVALID_ARGUMENT" | "UNAUTHORIZED"
+      | "TOKEN_PROVIDER" | "VERSION_CONFLICT" | "RATE_LIMITED" | "FORBIDDEN" | "INVALID_TOPIC"
+      | "MESSAGE_TOO_LARGE" | "TOO_MANY_SUBSCRIPTIONS" | "UNAVAILABLE" | string;
+  /** With VERSION_CONFLICT: the stream's actual version. */
+  currentVersion?: number;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "TidingsOptions")]
+    pub type TidingsOptions;
+    #[wasm_bindgen(typescript_type = "SubscribeOptions")]
+    pub type SubscribeOptionsArg;
+    #[wasm_bindgen(typescript_type = "HistoryOptions")]
+    pub type HistoryOptionsArg;
+    #[wasm_bindgen(typescript_type = "(message: TidingsMessage) => void")]
+    pub type MessageHandler;
+    #[wasm_bindgen(typescript_type = "(state: ConnectionState) => void")]
+    pub type StateHandler;
+    #[wasm_bindgen(typescript_type = "(error: TidingsError) => void")]
+    pub type ErrorHandler;
+    #[wasm_bindgen(typescript_type = "(info: RecoveryInfo) => void")]
+    pub type RecoveryHandler;
+    #[wasm_bindgen(typescript_type = "Promise<PublishAck>")]
+    pub type PublishPromise;
+    #[wasm_bindgen(typescript_type = "Promise<HistoryPage>")]
+    pub type HistoryPromise;
+    #[wasm_bindgen(typescript_type = "Promise<{ stream: string; version: number }>")]
+    pub type AppendPromise;
+    #[wasm_bindgen(typescript_type = "ConnectionState")]
+    pub type StateName;
+    #[wasm_bindgen(typescript_type = "(state: any, event: StreamEvent) => any")]
+    pub type Reducer;
+    #[wasm_bindgen(typescript_type = "Array<{ type: string; data?: unknown }>")]
+    pub type NewEvents;
+    #[wasm_bindgen(typescript_type = "(state: any, version: number) => void")]
+    pub type ChangeHandler;
+}

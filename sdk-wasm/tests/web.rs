@@ -1,0 +1,685 @@
+//! Browser tests: the JS API in headless Chromium against a real `tidings` server.
+//!
+//! Run by `scripts/test-browser`, which starts the server through
+//! `tests/support/harness.mjs` and passes its URLs at compile time:
+//! `TIDINGS_TEST_WS` (the WebSocket endpoint) and `TIDINGS_TEST_CONTROL` (token minting and
+//! kill/start of the server on the same port and data dir). The server runs the durable SQLite
+//! store in a fresh temporary directory; topics named `eph-*` are ephemeral.
+//!
+//! Synchronisation rule: never sleep and hope. Wait for an observable event (a state, a message,
+//! a settled promise) with a timeout, or for a round trip on the same connection (the server
+//! answers one connection's frames in order).
+
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Function, Object, Promise, Reflect};
+use tidings_sdk::wasm::TidingsClient;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const WS: Option<&str> = option_env!("TIDINGS_TEST_WS");
+const CONTROL: Option<&str> = option_env!("TIDINGS_TEST_CONTROL");
+
+fn ws() -> &'static str {
+    WS.expect("TIDINGS_TEST_WS is not set: run scripts/test-browser")
+}
+
+/// Pause (pacing a publisher only: never used to wait for something to happen).
+async fn sleep(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = JsFuture::from(p).await;
+}
+
+async fn control(path: &str) -> String {
+    let base = CONTROL.expect("TIDINGS_TEST_CONTROL is not set: run scripts/test-browser");
+    let window = web_sys::window().expect("window");
+    let resp = JsFuture::from(window.fetch_with_str(&format!("{base}{path}")))
+        .await
+        .expect("control request");
+    let resp: web_sys::Response = resp.unchecked_into();
+    assert!(resp.ok(), "control {path}: HTTP {}", resp.status());
+    let text = JsFuture::from(resp.text().expect("text"))
+        .await
+        .expect("body");
+    text.as_string().unwrap_or_default()
+}
+
+async fn token(sub: &str, ttl_secs: u32) -> String {
+    control(&format!("/token?sub={sub}&ttl={ttl_secs}")).await
+}
+
+/// Poll `cond` every 20 ms until it holds, or fail after `ms`.
+async fn wait_until(what: &str, ms: u32, cond: impl Fn() -> bool) {
+    let mut waited = 0;
+    while !cond() {
+        assert!(waited < ms, "timed out after {ms} ms waiting for {what}");
+        sleep(20).await;
+        waited += 20;
+    }
+}
+
+/// Await `p`, failing the test after `ms`.
+async fn settle(what: &str, ms: i32, p: Promise) -> Result<JsValue, JsValue> {
+    let what = what.to_owned();
+    let timeout = Promise::new(&mut |_, reject| {
+        let msg = JsValue::from_str(&format!("timed out after {ms} ms waiting for {what}"));
+        let f = Closure::once_into_js(move || {
+            let _ = reject.call1(&JsValue::NULL, &msg);
+        });
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(f.unchecked_ref(), ms);
+        }
+    });
+    let race = Promise::race(&js_sys::Array::of2(&p, &timeout));
+    let out = JsFuture::from(race).await;
+    if let Err(e) = &out
+        && e.as_string().is_some_and(|m| m.starts_with("timed out"))
+    {
+        panic!("{}", e.as_string().unwrap_or_default());
+    }
+    out
+}
+
+async fn ok(what: &str, p: Promise) -> JsValue {
+    match settle(what, 20_000, p).await {
+        Ok(v) => v,
+        Err(e) => panic!("{what} failed: {e:?}"),
+    }
+}
+
+fn publish(c: &TidingsClient, topic: &str, n: u32) -> Promise {
+    Promise::from(JsValue::from(
+        c.publish(topic.to_owned(), obj(&[("n", n.into())])),
+    ))
+}
+
+/// A round trip on `c`'s connection: everything it sent before (a `subscribe`) is processed.
+async fn round_trip(c: &TidingsClient, topic: &str) {
+    let p = Promise::from(JsValue::from(c.history(
+        topic.to_owned(),
+        Some(obj(&[("limit", 0.into())]).unchecked_into()),
+    )));
+    ok("a history round trip", p).await;
+}
+
+fn offsets(log: &Rc<RefCell<Vec<JsValue>>>) -> Vec<f64> {
+    log.borrow()
+        .iter()
+        .filter_map(|m| get(m, "offset").as_f64())
+        .collect()
+}
+
+fn seq(range: std::ops::RangeInclusive<u32>) -> Vec<f64> {
+    range.map(f64::from).collect()
+}
+
+fn obj(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    for (k, v) in pairs {
+        Reflect::set(&o, &JsValue::from_str(k), v).expect("set");
+    }
+    o.into()
+}
+
+fn get(v: &JsValue, k: &str) -> JsValue {
+    Reflect::get(v, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn fast_reconnect() -> JsValue {
+    obj(&[
+        ("minDelayMs", JsValue::from(100)),
+        ("maxDelayMs", JsValue::from(500)),
+    ])
+}
+
+fn client(token: &str) -> TidingsClient {
+    let opts = obj(&[
+        ("url", JsValue::from_str(ws())),
+        ("token", JsValue::from_str(token)),
+        ("reconnect", fast_reconnect()),
+    ]);
+    TidingsClient::new(opts.unchecked_into()).expect("client")
+}
+
+/// A JS function that records its first argument.
+fn recorder() -> (Function, Rc<RefCell<Vec<JsValue>>>) {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| l.borrow_mut().push(v));
+    (f.into_js_value().unchecked_into(), log)
+}
+
+fn states(c: &TidingsClient) -> Rc<RefCell<Vec<JsValue>>> {
+    let (f, log) = recorder();
+    c.on_state_change(f.unchecked_into());
+    log
+}
+
+fn is_connected(c: &TidingsClient) -> bool {
+    JsValue::from(c.state()).as_string().as_deref() == Some("connected")
+}
+
+fn state_name(c: &TidingsClient) -> String {
+    JsValue::from(c.state()).as_string().unwrap_or_default()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", (js_sys::Math::random() * 1e9) as u64)
+}
+
+fn texts(log: &Rc<RefCell<Vec<JsValue>>>) -> Vec<f64> {
+    log.borrow()
+        .iter()
+        .filter_map(|m| get(&get(m, "data"), "n").as_f64())
+        .collect()
+}
+
+async fn connected(c: &TidingsClient, what: &str) {
+    wait_until(what, 10_000, || is_connected(c)).await;
+}
+
+#[wasm_bindgen_test]
+async fn connects_reports_state_and_closes() {
+    let c = client(&token("alice", 3600).await);
+    let seen = states(&c);
+    connected(&c, "alice connected").await;
+    c.close();
+    let seen: Vec<String> = seen.borrow().iter().filter_map(|v| v.as_string()).collect();
+    assert_eq!(seen, ["connected", "closed"]);
+    assert_eq!(state_name(&c), "closed");
+}
+
+#[wasm_bindgen_test]
+async fn publish_is_acknowledged_and_reaches_another_client() {
+    let topic = unique("chat");
+    let a = client(&token("alice", 3600).await);
+    let b = client(&token("bob", 3600).await);
+    let (handler, got) = recorder();
+    let _sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    connected(&a, "a").await;
+    connected(&b, "b").await;
+    round_trip(&a, &topic).await; // a's subscribe has been processed
+    let ack = ok("publish acknowledged", publish(&b, &topic, 1)).await;
+    assert_eq!(
+        get(&ack, "topic").as_string().as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(get(&ack, "offset").as_f64(), Some(1.0), "durable: offset 1");
+    assert!(
+        get(&ack, "epoch")
+            .as_string()
+            .is_some_and(|e| !e.is_empty())
+    );
+    wait_until("a receives the message", 5_000, || !got.borrow().is_empty()).await;
+    let m = got.borrow()[0].clone();
+    assert_eq!(
+        get(&m, "topic").as_string().as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(get(&get(&m, "data"), "n").as_f64(), Some(1.0));
+    assert!(get(&m, "from").as_string().is_some_and(|f| !f.is_empty()));
+    assert_eq!(get(&m, "offset").as_f64(), Some(1.0));
+    a.close();
+    b.close();
+}
+
+#[wasm_bindgen_test]
+async fn client_side_errors_have_codes_and_close_rejects_queued_publishes() {
+    // Nothing listens on port 9: the client stays offline and queues.
+    let opts = obj(&[
+        ("url", JsValue::from_str("ws://127.0.0.1:9/ws")),
+        ("token", JsValue::from_str("x")),
+    ]);
+    let c = TidingsClient::new(opts.unchecked_into()).expect("client");
+    let bad = JsFuture::from(Promise::from(JsValue::from(
+        c.publish(String::new(), 1.into()),
+    )))
+    .await;
+    let err = bad.expect_err("empty topic");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("INVALID_ARGUMENT")
+    );
+    let queued = Promise::from(JsValue::from(c.publish("t".into(), 1.into())));
+    c.close();
+    let err = JsFuture::from(queued).await.expect_err("closed");
+    assert_eq!(get(&err, "code").as_string().as_deref(), Some("CLOSED"));
+    assert!(
+        TidingsClient::new(obj(&[]).unchecked_into()).is_err(),
+        "no url"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn token_refresh_through_get_token_keeps_the_subscription() {
+    let topic = unique("refresh");
+    let calls = Rc::new(Cell::new(0u32));
+    let c2 = calls.clone();
+    // Three-second tokens: the SDK refreshes in-band at about 2.4 s.
+    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
+        c2.set(c2.get() + 1);
+        wasm_bindgen_futures::future_to_promise(async move {
+            Ok(JsValue::from_str(&token("carol", 3).await))
+        })
+    });
+    let a = TidingsClient::new(
+        obj(&[
+            ("url", JsValue::from_str(ws())),
+            ("getToken", get_token.into_js_value()),
+            ("reconnect", fast_reconnect()),
+        ])
+        .unchecked_into(),
+    )
+    .expect("client");
+    let seen = states(&a);
+    let (errors_cb, errors) = recorder();
+    a.on_error(errors_cb.unchecked_into());
+    let (handler, got) = recorder();
+    let _sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    connected(&a, "carol connected").await;
+    // Call 1 connects, 2 and 3 refresh; call 4 is only scheduled once refresh 2 was accepted.
+    wait_until("two accepted refreshes", 20_000, || calls.get() >= 4).await;
+    assert!(
+        errors.borrow().is_empty(),
+        "refresh accepted: {:?}",
+        errors.borrow()
+    );
+    let seen: Vec<String> = seen.borrow().iter().filter_map(|v| v.as_string()).collect();
+    assert_eq!(seen, ["connected"], "never dropped the connection");
+    // The subscription still works.
+    let b = client(&token("dave", 3600).await);
+    connected(&b, "b").await;
+    ok("ack", publish(&b, &topic, 7)).await;
+    wait_until("message after refresh", 5_000, || !got.borrow().is_empty()).await;
+    a.close();
+    b.close();
+}
+
+#[wasm_bindgen_test]
+async fn sigkill_during_a_stream_of_publishes_loses_nothing_and_duplicates_nothing() {
+    const N: u32 = 60;
+    let topic = unique("durable");
+    // A listens (default `since`: latest). B publishes 1..N without waiting for acks while the
+    // server is SIGKILLed and restarted on the same port and data dir; B gets its token from
+    // `getToken`, so the reconnect also proves it is called again.
+    let a = client(&token("alice", 3600).await);
+    let a_states = states(&a);
+    let (handler, got) = recorder();
+    let (on_recovery, recoveries) = recorder();
+    let sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    sub.on_recovery(on_recovery.unchecked_into());
+    let token_calls = Rc::new(Cell::new(0u32));
+    let calls = token_calls.clone();
+    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
+        calls.set(calls.get() + 1);
+        wasm_bindgen_futures::future_to_promise(async {
+            Ok(JsValue::from_str(&token("bob", 3600).await))
+        })
+    });
+    let b = Rc::new(
+        TidingsClient::new(
+            obj(&[
+                ("url", JsValue::from_str(ws())),
+                ("getToken", get_token.into_js_value()),
+                ("reconnect", fast_reconnect()),
+            ])
+            .unchecked_into(),
+        )
+        .expect("client b"),
+    );
+    connected(&a, "a").await;
+    connected(&b, "b").await;
+    round_trip(&a, &topic).await;
+
+    // 0: running, 1: server killed, 2: server restarted.
+    let phase = Rc::new(Cell::new(0u8));
+    let issued = Rc::new(Cell::new(0u32));
+    let acks: Rc<RefCell<Vec<Promise>>> = Rc::default();
+    let done = Rc::new(Cell::new(false));
+    {
+        let (b, topic, phase, issued, acks, done) = (
+            b.clone(),
+            topic.clone(),
+            phase.clone(),
+            issued.clone(),
+            acks.clone(),
+            done.clone(),
+        );
+        wasm_bindgen_futures::spawn_local(async move {
+            for n in 1..=N {
+                acks.borrow_mut().push(publish(&b, &topic, n));
+                issued.set(n);
+                // Hold at fixed points so that, whatever the timing, some publishes are in
+                // flight at the kill and some are made while the server is down.
+                if n == 25 {
+                    wait_until("the kill", 20_000, || phase.get() >= 1).await;
+                } else if n == 40 {
+                    wait_until("the restart", 20_000, || phase.get() >= 2).await;
+                }
+                sleep(5).await; // pacing: a stream, not a burst
+            }
+            done.set(true);
+        });
+    }
+    wait_until("a has 10 messages", 10_000, || got.borrow().len() >= 10).await;
+    control("/kill").await;
+    phase.set(1);
+    wait_until("a notices", 10_000, || state_name(&a) == "reconnecting").await;
+    wait_until("15 publishes while down", 10_000, || issued.get() >= 40).await;
+    control("/start").await;
+    phase.set(2);
+    wait_until("all publishes issued", 20_000, || done.get()).await;
+
+    let acks: Vec<Promise> = acks.borrow().clone();
+    let mut acked = Vec::new();
+    for p in acks {
+        acked.push(
+            get(&ok("publish ack", p).await, "offset")
+                .as_f64()
+                .unwrap_or(-1.0),
+        );
+    }
+    assert_eq!(acked, seq(1..=N), "each publish stored once, in order");
+    // A sentinel after everything: once A has it, nothing older can still be on its way.
+    ok("sentinel ack", publish(&b, &topic, N + 1)).await;
+    wait_until("a has every message", 20_000, || {
+        got.borrow().len() > N as usize
+    })
+    .await;
+    assert_eq!(offsets(&got), seq(1..=N + 1), "offsets once each, in order");
+    assert_eq!(texts(&got), seq(1..=N + 1), "payloads once each, in order");
+    let recoveries = recoveries.borrow();
+    assert!(!recoveries.is_empty(), "onRecovery after the reconnect");
+    assert!(
+        recoveries
+            .iter()
+            .all(|r| get(r, "recovered").as_bool() == Some(true)),
+        "recovered: true"
+    );
+    assert!(
+        token_calls.get() >= 2,
+        "getToken called again for the reconnect"
+    );
+    let a_states: Vec<String> = a_states
+        .borrow()
+        .iter()
+        .filter_map(|v| v.as_string())
+        .collect();
+    assert!(
+        a_states.ends_with(&["reconnecting".into(), "connected".into()]),
+        "{a_states:?}"
+    );
+    a.close();
+    b.close();
+}
+
+#[wasm_bindgen_test]
+async fn publishes_made_while_disconnected_are_delivered_once_after_reconnect() {
+    let topic = unique("offline");
+    let a = client(&token("alice", 3600).await);
+    let b = client(&token("bob", 3600).await);
+    let (handler, got) = recorder();
+    let (on_recovery, recoveries) = recorder();
+    // Nothing has been published yet, so A has no offset: the SDK's baseline lets it resume.
+    let sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    sub.on_recovery(on_recovery.unchecked_into());
+    connected(&a, "a").await;
+    connected(&b, "b").await;
+    round_trip(&a, &topic).await;
+
+    control("/kill").await;
+    wait_until("a offline", 10_000, || !is_connected(&a)).await;
+    wait_until("b offline", 10_000, || !is_connected(&b)).await;
+    let pending: Vec<Promise> = (1..=5).map(|n| publish(&b, &topic, n)).collect();
+    control("/start").await;
+    let mut acked = Vec::new();
+    for p in pending {
+        let ack = ok("queued publish", p).await;
+        assert!(
+            get(&ack, "epoch")
+                .as_string()
+                .is_some_and(|e| !e.is_empty())
+        );
+        acked.push(get(&ack, "offset").as_f64().unwrap_or(-1.0));
+    }
+    assert_eq!(acked, seq(1..=5), "promises resolve with offsets");
+    connected(&a, "a back").await;
+    ok("sentinel", publish(&b, &topic, 6)).await;
+    wait_until("a has all six", 20_000, || got.borrow().len() >= 6).await;
+    assert_eq!(offsets(&got), seq(1..=6));
+    assert_eq!(texts(&got), seq(1..=6), "each once, in order");
+    assert!(
+        recoveries
+            .borrow()
+            .iter()
+            .all(|r| get(r, "recovered").as_bool() == Some(true)),
+        "{:?}",
+        recoveries.borrow()
+    );
+    a.close();
+    b.close();
+}
+
+#[wasm_bindgen_test]
+async fn history_returns_stored_messages() {
+    let topic = unique("history");
+    let a = client(&token("alice", 3600).await);
+    for n in 1..=5 {
+        ok("publish", publish(&a, &topic, n)).await;
+    }
+    let page = |since: u32, limit: u32| {
+        Promise::from(JsValue::from(a.history(
+            topic.clone(),
+            Some(obj(&[("since", since.into()), ("limit", limit.into())]).unchecked_into()),
+        )))
+    };
+    let all = ok("history", page(0, 50)).await;
+    assert_eq!(get(&all, "latest").as_f64(), Some(5.0));
+    assert!(
+        get(&all, "epoch")
+            .as_string()
+            .is_some_and(|e| !e.is_empty())
+    );
+    let messages = js_sys::Array::from(&get(&all, "messages"));
+    let n: Vec<f64> = messages
+        .iter()
+        .filter_map(|m| get(&get(&m, "data"), "n").as_f64())
+        .collect();
+    let o: Vec<f64> = messages
+        .iter()
+        .filter_map(|m| get(&m, "offset").as_f64())
+        .collect();
+    assert_eq!((n, o), (seq(1..=5), seq(1..=5)));
+    let middle = js_sys::Array::from(&get(&ok("history page", page(2, 2)).await, "messages"));
+    let o: Vec<f64> = middle
+        .iter()
+        .filter_map(|m| get(&m, "offset").as_f64())
+        .collect();
+    assert_eq!(o, [3.0, 4.0]);
+    // Ephemeral topics store nothing: a typed error.
+    let err = settle(
+        "ephemeral history",
+        20_000,
+        Promise::from(JsValue::from(a.history(unique("eph"), None))),
+    )
+    .await
+    .expect_err("ephemeral topic has no history");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("UNAVAILABLE")
+    );
+    a.close();
+}
+
+fn counter() -> JsValue {
+    Function::new_with_args(
+        "s, e",
+        "return { count: s.count + 1, sum: s.sum + e.data.n, types: s.types.concat([e.type]), version: e.version };",
+    )
+    .into()
+}
+
+fn tally() -> JsValue {
+    obj(&[
+        ("count", 0.into()),
+        ("sum", 0.into()),
+        ("types", js_sys::Array::new().into()),
+    ])
+}
+
+fn event(kind: &str, n: u32) -> JsValue {
+    obj(&[
+        ("type", JsValue::from_str(kind)),
+        ("data", obj(&[("n", n.into())])),
+    ])
+}
+
+fn events(list: &[JsValue]) -> JsValue {
+    list.iter().collect::<js_sys::Array>().into()
+}
+
+#[wasm_bindgen_test]
+async fn streams_replay_follow_live_appends_and_report_version_conflicts() {
+    let id = unique("order");
+    let writer = client(&token("writer", 3600).await);
+    let reader = client(&token("reader", 3600).await);
+    // The writer appends three events to a new stream.
+    let w = writer
+        .stream(id.clone(), counter().unchecked_into(), tally())
+        .expect("writer stream");
+    let (on_change, w_changes) = recorder();
+    w.on_change(on_change.unchecked_into());
+    wait_until("writer stream loaded", 10_000, || {
+        !w_changes.borrow().is_empty()
+    })
+    .await;
+    let ack = ok(
+        "append 1..3",
+        Promise::from(JsValue::from(
+            w.append(
+                events(&[
+                    event("created", 1),
+                    event("item_added", 2),
+                    event("item_added", 3),
+                ])
+                .unchecked_into(),
+            ),
+        )),
+    )
+    .await;
+    assert_eq!(get(&ack, "version").as_f64(), Some(3.0));
+    assert_eq!(w.version(), 3.0);
+
+    // The reader replays them...
+    let r = reader
+        .stream(id.clone(), counter().unchecked_into(), tally())
+        .expect("reader stream");
+    wait_until("reader replayed 3 events", 10_000, || r.version() == 3.0).await;
+    let st = r.state();
+    assert_eq!(get(&st, "count").as_f64(), Some(3.0));
+    assert_eq!(get(&st, "sum").as_f64(), Some(6.0));
+    // ...and follows live appends from the other client.
+    ok(
+        "append 4",
+        Promise::from(JsValue::from(
+            w.append(events(&[event("confirmed", 4)]).unchecked_into()),
+        )),
+    )
+    .await;
+    wait_until("reader follows live", 10_000, || r.version() == 4.0).await;
+    let st = r.state();
+    assert_eq!(get(&st, "sum").as_f64(), Some(10.0));
+    let types: Vec<String> = js_sys::Array::from(&get(&st, "types"))
+        .iter()
+        .filter_map(|t| t.as_string())
+        .collect();
+    assert_eq!(types, ["created", "item_added", "item_added", "confirmed"]);
+
+    // Two appends made at once both claim version 4: the second is stale.
+    let first = Promise::from(JsValue::from(
+        r.append(events(&[event("shipped", 5)]).unchecked_into()),
+    ));
+    let stale = Promise::from(JsValue::from(
+        r.append(events(&[event("cancelled", 6)]).unchecked_into()),
+    ));
+    assert_eq!(
+        get(&ok("first append", first).await, "version").as_f64(),
+        Some(5.0)
+    );
+    let err = settle("stale append", 20_000, stale)
+        .await
+        .expect_err("stale version is refused");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("VERSION_CONFLICT")
+    );
+    assert_eq!(get(&err, "currentVersion").as_f64(), Some(5.0));
+    wait_until("writer follows too", 10_000, || w.version() == 5.0).await;
+    assert_eq!(
+        get(&w.state(), "sum").as_f64(),
+        Some(15.0),
+        "the refused event was not applied"
+    );
+    assert_eq!(get(&r.state(), "sum").as_f64(), Some(15.0));
+    writer.close();
+    reader.close();
+}
+
+#[wasm_bindgen_test]
+async fn ephemeral_topics_deliver_live_without_offsets() {
+    let topic = unique("eph");
+    let a = client(&token("alice", 3600).await);
+    let b = client(&token("bob", 3600).await);
+    let (handler, got) = recorder();
+    let (on_error, errors) = recorder();
+    let sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    sub.on_error(on_error.unchecked_into());
+    connected(&a, "a").await;
+    connected(&b, "b").await;
+    // The baseline request for an ephemeral topic fails quietly; publish a round trip after it.
+    let _ = settle(
+        "round trip",
+        20_000,
+        Promise::from(JsValue::from(a.history(topic.clone(), None))),
+    )
+    .await;
+    let ack = ok("ack", publish(&b, &topic, 1)).await;
+    assert!(
+        get(&ack, "offset").is_null(),
+        "no offset on an ephemeral topic"
+    );
+    wait_until("a receives it", 10_000, || !got.borrow().is_empty()).await;
+    assert!(
+        get(&got.borrow()[0], "offset").is_undefined() || get(&got.borrow()[0], "offset").is_null()
+    );
+    assert!(
+        errors.borrow().is_empty(),
+        "the subscription itself is fine"
+    );
+    a.close();
+    b.close();
+}
