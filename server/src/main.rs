@@ -132,6 +132,9 @@ struct ServeArgs {
     /// Development mode: generate a throwaway JWT secret if none is set and log a token.
     #[arg(long, env = "TIDINGS_DEV")]
     dev: bool,
+    /// Serve the files of this directory at `/` (e.g. the demo page `www/`). [default: none]
+    #[arg(long, env = "TIDINGS_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,tidings_server=debug`). [default: info]
     #[arg(long, env = "TIDINGS_LOG")]
     log: Option<String>,
@@ -221,7 +224,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if args.dev {
             announce_dev(addr, dev_secret.as_deref())?;
         }
-        let app = tidings.router();
+        let mut app = tidings.router();
+        if args.dev
+            && let Some(secret) = tidings.config().jwt_secret.clone()
+        {
+            app = app.route(
+                "/dev/token",
+                axum::routing::get(move |q| dev_token(q, secret.clone())),
+            );
+        }
+        if let Some(dir) = &args.static_dir {
+            tracing::info!("serving {} at /", dir.display());
+            app = app.fallback_service(tower_http::services::ServeDir::new(dir));
+        }
         let clean = tidings_server::serve(listener, app, &tidings, shutdown_signal()).await?;
         if clean {
             tracing::info!("shut down cleanly");
@@ -329,6 +344,38 @@ fn announce_dev(addr: SocketAddr, secret: Option<&str>) -> anyhow::Result<()> {
     tracing::warn!("dev mode: throwaway JWT secret, do not use in production");
     tracing::info!("dev token (user \"dev\", 24h): ws://{addr}/ws?token={token}");
     Ok(())
+}
+
+/// `GET /dev/token?sub=NAME` in `--dev` mode only: a 24 h token for any user, so the demo
+/// page (and anyone on this machine) can connect without a backend. Never enabled otherwise.
+async fn dev_token(
+    axum::extract::Query(query): axum::extract::Query<DevTokenQuery>,
+    secret: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let sub = query.sub.unwrap_or_else(|| "dev".into());
+    if sub.is_empty() || sub.len() > 64 {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "sub must be 1 to 64 bytes",
+        )
+            .into_response();
+    }
+    let spec = TokenSpec {
+        sub,
+        ttl: Some(Duration::from_secs(24 * 3600)),
+        ..TokenSpec::default()
+    };
+    match tidings_server::mint_token(&secret, &spec) {
+        Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Query of `/dev/token`.
+#[derive(serde::Deserialize)]
+struct DevTokenQuery {
+    sub: Option<String>,
 }
 
 async fn shutdown_signal() {

@@ -149,10 +149,13 @@ fn serve_refuses_to_start_without_a_secret() {
 
 #[tokio::test]
 async fn dev_mode_logs_a_working_token_and_env_vars_configure() {
+    let site = TempDir::new("site");
+    std::fs::write(site.0.join("index.html"), "<h1>demo</h1>").expect("write");
     let mut server = {
         let mut child = Command::new(BIN)
             .args(["serve", "--dev"])
             .env("TIDINGS_BIND", "127.0.0.1:0")
+            .env("TIDINGS_STATIC_DIR", &site.0)
             .env("TIDINGS_STORE", "memory")
             .env("TIDINGS_RATE_LIMIT", "1")
             .env("TIDINGS_RATE_BURST", "1")
@@ -188,6 +191,40 @@ async fn dev_mode_logs_a_working_token_and_env_vars_configure() {
         common::error_code(&reply),
         Some(tidings_protocol::ErrorCode::RateLimited)
     );
+
+    // --dev mints tokens for the demo page, and --static-dir serves it.
+    let base = url
+        .split("/ws")
+        .next()
+        .expect("base")
+        .replace("ws://", "http://");
+    let minted: serde_json::Value = reqwest::get(format!("{base}/dev/token?sub=alice"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let token = minted["token"].as_str().expect("token");
+    let ws = url.split("?token=").next().expect("ws url");
+    let alice = Client::connect(&format!("{ws}?token={token}")).await;
+    assert!(!alice.client_id.is_empty());
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(page, "<h1>demo</h1>");
+}
+
+#[tokio::test]
+async fn dev_tokens_do_not_exist_outside_dev_mode() {
+    let server = serve(&["--jwt-secret", SECRET]);
+    let status = reqwest::get(format!("http://{}/dev/token?sub=x", server.addr))
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(status, 404);
 }
 
 #[test]
