@@ -682,6 +682,10 @@ impl Core {
                     self.requests.complete(p.r#ref.as_deref())
                 {
                     self.outbox.remove(request);
+                    if let Some(offset) = p.offset {
+                        self.subs
+                            .on_own_publish(&p.topic, offset, p.epoch.as_deref());
+                    }
                     self.resolve(
                         request,
                         Reply::Published {

@@ -240,6 +240,33 @@ impl Subscriptions {
         out
     }
 
+    /// This client's own publish to `topic` was stored at `offset`.
+    ///
+    /// The server does not echo a publisher's messages back to it, but it sends the ack after
+    /// every earlier message of the topic on the same connection. So when the ack is the next
+    /// offset, the client has seen everything up to it: advance the position, and the next
+    /// message from someone else is not mistaken for a gap (which would replay our own).
+    pub fn on_own_publish(&mut self, topic: &str, offset: u64, epoch: Option<&str>) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if t.status != Status::Active {
+            return;
+        }
+        if let Some(p) = &mut t.position {
+            let same_epoch = match (p.epoch.as_deref(), epoch) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if same_epoch && offset == p.offset + 1 {
+                p.offset = offset;
+                if p.epoch.is_none() {
+                    p.epoch = epoch.map(str::to_owned);
+                }
+            }
+        }
+    }
+
     /// The server confirmed `topic`'s subscription; `recovered` is its report for a `since`.
     pub fn on_subscribed(&mut self, topic: &str, recovered: Option<bool>) -> Vec<SubEvent> {
         let mut out = Vec::new();
@@ -400,6 +427,26 @@ mod tests {
             );
         }
         assert!(s.position("chat").is_none());
+    }
+
+    #[test]
+    fn own_acked_publishes_advance_the_position_so_no_false_gap() {
+        let mut s = Subscriptions::new();
+        active(&mut s, "chat");
+        assert_eq!(
+            delivered(&s.on_message(msg("chat", Some(1), Some("e")))),
+            [Some(1)]
+        );
+        // Our own publish got offset 2 (not echoed to us); then someone else's 3 arrives.
+        s.on_own_publish("chat", 2, Some("e"));
+        let ev = s.on_message(msg("chat", Some(3), Some("e")));
+        assert_eq!(delivered(&ev), [Some(3)], "no recovery for our own offset");
+        // An ack that is not the next offset (we missed something) does not skip the gap.
+        s.on_own_publish("chat", 9, Some("e"));
+        assert_eq!(s.position("chat").map(|p| p.offset), Some(3));
+        // Nor does an ack from another epoch.
+        s.on_own_publish("chat", 4, Some("other"));
+        assert_eq!(s.position("chat").map(|p| p.offset), Some(3));
     }
 
     #[test]
