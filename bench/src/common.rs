@@ -207,6 +207,13 @@ impl ErrorTally {
         *self.by_kind.entry(kind).or_default() += 1;
     }
 
+    /// Adds another tally's counts to this one.
+    pub fn merge(&mut self, other: &ErrorTally) {
+        for (kind, n) in &other.by_kind {
+            *self.by_kind.entry(kind.clone()).or_default() += n;
+        }
+    }
+
     /// Total errors counted.
     pub fn total(&self) -> u64 {
         self.by_kind.values().sum()

@@ -6,6 +6,8 @@
 //! * [`conns`] — C idle connections over several loopback source addresses: how many hold,
 //!   and the server's RSS per connection.
 //! * [`pingpong`] — K connections doing ping/pong round trips: round trips/s and latency.
+//! * [`append`] — K connections appending event batches with expected versions: events/s,
+//!   appends/s, latency and version conflicts (Tidings only: the template has no streams).
 //!
 //! Shared pieces: [`client`] (target, tokens, handshake, frames), [`common`] (options,
 //! connecting many, the report), [`stats`] (pure accounting), [`procfs`] (`/proc` readers).
@@ -13,6 +15,7 @@
 //! Every scenario targets loopback only, is bounded in count and in time, prints a
 //! human-readable summary and then exactly one JSON line (the last line of stdout).
 
+mod append;
 mod client;
 mod common;
 mod conns;
@@ -70,6 +73,16 @@ enum Command {
         #[command(flatten)]
         args: pingpong::PingpongArgs,
     },
+    /// K connections appending batches of E events with expected versions: events/s,
+    /// appends/s, latency, conflicts.
+    Append {
+        /// Where and how to connect.
+        #[command(flatten)]
+        common: common::CommonArgs,
+        /// Scenario options.
+        #[command(flatten)]
+        args: append::AppendArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +105,7 @@ fn main() -> ExitCode {
             Command::Pingpong { common, args } => {
                 pingpong::run(common::Run::new(common)?, args).await
             }
+            Command::Append { common, args } => append::run(common::Run::new(common)?, args).await,
         }
     });
     // Don't wait for tasks still parked on sockets: everything was reported.
