@@ -12,8 +12,12 @@
 //! a subscriber whose queue overflowed.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -30,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::clock;
-use crate::hub::{Mailbox, Outbound};
+use crate::hub::{ConnId, DurableRun, Mailbox, Outbound};
 use crate::limits::ConnPermit;
 use crate::session::{Action, Session};
 use crate::state::Shared;
@@ -59,11 +63,12 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let (sink, mut stream) = socket.split();
     let (close_tx, close_rx) = oneshot::channel();
     let writer = Writer {
+        id: mailbox.id(),
         sink,
         rx,
         close_rx,
         store: shared.store.clone(),
-        cursors: HashMap::new(),
+        cursors: Cursors::default(),
         lagging: mailbox.lagging(),
         overflow: overflow.clone(),
         stuck_timeout: config.slow_consumer_timeout,
@@ -93,13 +98,13 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
         );
         let _ = close_tx.send(code);
         // Give the client a moment to answer the close frame, then let go either way.
-        let _ = timeout(CLOSE_GRACE, async {
+        let _ = Box::pin(timeout(CLOSE_GRACE, async {
             while let Some(Ok(frame)) = stream.next().await {
                 if matches!(frame, Message::Close(_)) {
                     break;
                 }
             }
-        })
+        }))
         .await;
     } else {
         drop(close_tx);
@@ -148,13 +153,20 @@ async fn read_loop(
     let mut expires_at = session.expires_at();
     let expiry = sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
+    // Created once, not per frame: each `cancelled()` future registers with (and on drop
+    // leaves) its token's waiter list under a lock, and the shutdown token is shared by every
+    // connection of the server.
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let overflowed = overflow.cancelled();
+    tokio::pin!(overflowed);
     let mut actions = Vec::new();
 
     loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return Some(CloseCode::GoingAway),
-            _ = overflow.cancelled() => return Some(CloseCode::SlowConsumer),
+            _ = &mut shutdown => return Some(CloseCode::GoingAway),
+            _ = &mut overflowed => return Some(CloseCode::SlowConsumer),
             _ = &mut *writer => return None,
             _ = &mut expiry => return Some(CloseCode::TokenExpired),
             _ = heartbeat.tick() => {
@@ -201,26 +213,36 @@ async fn perform(shared: &Shared, mailbox: &Mailbox, action: Action) -> Result<(
     let item = match action {
         Action::Reply(reply) => encode(&reply),
         Action::Mark(marker) => marker,
-        Action::Store(command) => return shared.store.send(command).await,
+        // Boxed: the command and the channel send are the largest state of the read loop,
+        // which every idle connection would otherwise carry.
+        Action::Store(command) => return Box::pin(shared.store.send(command)).await,
         Action::History(request) => {
             let r#ref = request.r#ref.clone();
-            let reply = history(shared, request)
+            let reply = Box::pin(history(shared, request))
                 .await
                 .unwrap_or_else(|e| store_error(e, r#ref));
             encode(&reply)
         }
         Action::Read(request) => {
             let r#ref = request.r#ref.clone();
-            let reply = read(shared, request)
+            let reply = Box::pin(read(shared, request))
                 .await
                 .unwrap_or_else(|e| store_error(e, r#ref));
             encode(&reply)
         }
     };
-    tokio::select! {
-        _ = mailbox.send(item, shared.config.slow_consumer_timeout) => {}
-        _ = shared.shutdown.cancelled() => {}
-    }
+    // Fast path: there is room (no timer, no shutdown watch needed).
+    let Err(item) = mailbox.try_queue(item) else {
+        return Ok(());
+    };
+    // Boxed: rare, and kept out of the state every idle connection carries.
+    Box::pin(async {
+        tokio::select! {
+            _ = mailbox.send(item, shared.config.slow_consumer_timeout) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    })
+    .await;
     Ok(())
 }
 
@@ -340,12 +362,14 @@ enum Stop {
 
 /// The write half of a connection and its per-topic delivery cursors.
 struct Writer {
+    /// This connection (its own publishes are not echoed).
+    id: ConnId,
     sink: SplitSink<WebSocket, Message>,
     rx: mpsc::Receiver<Outbound>,
     close_rx: oneshot::Receiver<CloseCode>,
     store: Store,
     /// Last offset sent, per tracked durable topic.
-    cursors: HashMap<Arc<str>, u64>,
+    cursors: Cursors,
     lagging: Arc<AtomicBool>,
     overflow: CancellationToken,
     stuck_timeout: Duration,
@@ -358,7 +382,7 @@ impl Writer {
                 biased;
                 code = &mut self.close_rx => {
                     if let Ok(code) = code {
-                        self.send_close(code).await;
+                        Box::pin(self.send_close(code)).await;
                     }
                     return;
                 }
@@ -371,7 +395,7 @@ impl Writer {
                             // Let the reader pick the close code, then send it if we can.
                             self.overflow.cancel();
                             if let Ok(code) = (&mut self.close_rx).await {
-                                self.send_close(code).await;
+                                Box::pin(self.send_close(code)).await;
                             }
                             return;
                         }
@@ -401,7 +425,7 @@ impl Writer {
         if self.lagging.swap(false, Ordering::AcqRel) {
             let topics: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
             for topic in topics {
-                self.sync(&topic).await?;
+                Box::pin(self.sync(&topic)).await?;
             }
             self.flush().await?;
         }
@@ -409,19 +433,11 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
-        match timeout(self.stuck_timeout, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Socket),
-            Err(_) => Err(Stop::Slow),
-        }
+        bounded(self.stuck_timeout, self.sink.flush()).await
     }
 
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Stop> {
-        match timeout(self.stuck_timeout, self.sink.feed(Message::Text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Socket),
-            Err(_) => Err(Stop::Slow),
-        }
+        bounded(self.stuck_timeout, self.sink.feed(Message::Text(text))).await
     }
 
     async fn write(&mut self, item: Outbound) -> Result<(), Stop> {
@@ -445,38 +461,39 @@ impl Writer {
                 self.cursors.remove(&topic);
                 Ok(())
             }
-            Outbound::Sync { topic } => self.sync(&topic).await,
-            Outbound::Skip { topic, offset } => {
-                let Some(&cursor) = self.cursors.get(&topic) else {
-                    return Ok(());
-                };
-                if offset > cursor + 1 {
-                    self.fill(&topic, offset - 1).await?;
-                }
-                if offset > cursor {
-                    self.cursors.insert(topic, offset);
-                }
-                Ok(())
-            }
-            Outbound::Durable {
-                topic,
-                offset,
-                frame,
-            } => {
-                let Some(&cursor) = self.cursors.get(&topic) else {
-                    return Ok(());
-                };
-                if offset <= cursor {
-                    return Ok(());
-                }
-                if offset > cursor + 1 {
-                    self.fill(&topic, offset - 1).await?;
-                }
-                self.feed(frame).await?;
-                self.cursors.insert(topic, offset);
-                Ok(())
+            Outbound::Sync { topic } => Box::pin(self.sync(&topic)).await,
+            Outbound::Durable(run) => self.write_run(&run).await,
+        }
+    }
+
+    /// Write the frames of `run` that are after the topic's cursor (filling any gap before it
+    /// from the store first), except the ones this connection published, and advance the
+    /// cursor to the end of the run.
+    async fn write_run(&mut self, run: &DurableRun) -> Result<(), Stop> {
+        let Some(cursor) = self.cursors.get_mut(&run.topic) else {
+            return Ok(());
+        };
+        let last = run.last();
+        let before = *cursor;
+        if last <= before || run.frames.is_empty() {
+            return Ok(());
+        }
+        if run.first <= before + 1 {
+            // The common case: the run continues (or overlaps) what was sent. One map lookup;
+            // if a write fails the writer stops, so advancing the cursor first changes nothing.
+            *cursor = last;
+        } else {
+            Box::pin(self.fill(&run.topic, run.first - 1)).await?;
+            self.cursors.insert(Arc::clone(&run.topic), last);
+        }
+        let skip = usize::try_from(before.saturating_add(1).saturating_sub(run.first))
+            .unwrap_or(usize::MAX);
+        for (frame, publisher) in run.frames.iter().skip(skip) {
+            if *publisher != Some(self.id) {
+                self.feed(frame.clone()).await?;
             }
         }
+        Ok(())
     }
 
     /// Deliver everything stored for `topic` up to its current head.
@@ -519,5 +536,67 @@ impl Writer {
             self.flush().await?;
         }
         Ok(())
+    }
+}
+
+/// Runs one socket operation (a feed or a flush), arming the slow-consumer timer only if the
+/// operation cannot complete at once. Almost every frame just lands in tungstenite's write
+/// buffer and almost every flush completes in one `send`, so the common path creates no timer
+/// (creating one per frame cost ~10 % of the server's CPU in fan-out).
+async fn bounded<E>(limit: Duration, op: impl Future<Output = Result<(), E>>) -> Result<(), Stop> {
+    let mut op = pin!(op);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
+        return done.map_err(|_| Stop::Socket);
+    }
+    match timeout(limit, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Socket),
+        Err(_) => Err(Stop::Slow),
+    }
+}
+
+/// Per-topic delivery cursors. Looked up once per durable frame, so the hash is a cheap one
+/// (FxHash) instead of SipHash: the keys are this connection's own subscriptions (at most
+/// `max_subscriptions`), so flooding the map can only slow down the client doing it.
+type Cursors = HashMap<Arc<str>, u64, BuildHasherDefault<FxHasher>>;
+
+/// The Fx hash (rustc's): a multiply and a rotate per word.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }

@@ -127,9 +127,10 @@ async fn upgrade(
         })
 }
 
-/// Initial read buffer per connection: small, because most connections are idle most of
-/// the time; tungstenite grows it for larger frames.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per connection. tungstenite zero-fills it and keeps it for the connection's
+/// life, and most connections are idle most of the time, so it is small: 1 KiB holds several
+/// typical frames per `read`; a larger frame grows the buffer as needed.
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write is forced; the writer flushes after each batch anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 

@@ -40,22 +40,10 @@ pub enum Outbound {
     Frame(Utf8Bytes),
     /// Time for a `heartbeat` frame and a WebSocket ping.
     Heartbeat,
-    /// A `message` frame of a durable topic.
-    Durable {
-        /// The topic.
-        topic: Arc<str>,
-        /// Its offset.
-        offset: u64,
-        /// The encoded frame, shared by every subscriber.
-        frame: Utf8Bytes,
-    },
-    /// This connection published `offset` itself: advance the cursor without sending (no echo).
-    Skip {
-        /// The topic.
-        topic: Arc<str>,
-        /// The publisher's own offset.
-        offset: u64,
-    },
+    /// `message` frames of a durable topic with consecutive offsets (what one commit wrote
+    /// to it), shared by every subscriber: one queue item per subscriber per commit, not one
+    /// per message. Frames this connection published itself only advance its cursor (no echo).
+    Durable(Arc<DurableRun>),
     /// Start a cursor for `topic`: everything after `from` is to be delivered.
     Track {
         /// The topic.
@@ -73,6 +61,24 @@ pub enum Outbound {
         /// The topic.
         topic: Arc<str>,
     },
+}
+
+/// Committed `message` frames of one durable topic with consecutive offsets, in order.
+#[derive(Debug)]
+pub struct DurableRun {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Offset of `frames[0]`; `frames[i]` has offset `first + i`.
+    pub first: u64,
+    /// Each encoded frame, and the connection that published it (which gets no echo).
+    pub frames: Vec<(Utf8Bytes, Option<ConnId>)>,
+}
+
+impl DurableRun {
+    /// Offset of the last frame (`first - 1` if there is none).
+    pub fn last(&self) -> u64 {
+        (self.first + self.frames.len() as u64).saturating_sub(1)
+    }
 }
 
 /// The sending side of one connection's bounded outbound queue.
@@ -107,9 +113,21 @@ impl Mailbox {
     /// If the queue stays full for `patience`, the connection is a slow consumer: the
     /// overflow signal trips and the item is dropped with the connection.
     pub async fn send(&self, item: Outbound, patience: std::time::Duration) {
+        let Err(item) = self.try_queue(item) else {
+            return;
+        };
         match tokio::time::timeout(patience, self.tx.send(item)).await {
             Ok(_) => {}
             Err(_) => self.overflow.cancel(),
+        }
+    }
+
+    /// Queue an item if there is room right now (no timer, no waiting); a full queue gives
+    /// it back. A closed queue drops it: the connection is ending anyway.
+    pub fn try_queue(&self, item: Outbound) -> Result<(), Outbound> {
+        match self.tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(item)) => Err(item),
         }
     }
 
@@ -289,23 +307,25 @@ impl Hub {
 }
 
 impl Hub {
-    /// Queue an already-committed, already-encoded durable `message` for every subscriber of
-    /// `topic`; the publisher's own connection gets a [`Outbound::Skip`] instead (no echo).
-    /// Called by the store's writer, in offset order. Never waits.
-    pub fn publish_durable(
-        &self,
-        topic: &Arc<str>,
-        offset: u64,
-        frame: Utf8Bytes,
-        publisher: Option<ConnId>,
-        started: Instant,
-    ) -> usize {
+    /// Queue a run of already-committed, already-encoded durable `message` frames for every
+    /// subscriber of its topic (one shared item each; a publisher's own frames are skipped by
+    /// its connection's writer). Called by the store's writer, in offset order. Never waits.
+    /// Returns the number of frames queued for delivery.
+    pub fn publish_durable(&self, run: Arc<DurableRun>, started: Instant) -> usize {
         let entry = {
             let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-            topics.get(topic.as_ref()).map(Arc::clone)
+            topics.get(run.topic.as_ref()).map(Arc::clone)
         };
-        self.metrics.publishes.inc();
+        self.metrics.publishes.inc_by(run.frames.len() as u64);
         let Some(entry) = entry else { return 0 };
+        // How many frames of the run each publishing connection sent (usually one publisher).
+        let mut own: Vec<(ConnId, usize)> = Vec::new();
+        for id in run.frames.iter().filter_map(|(_, p)| *p) {
+            match own.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, n)) => *n += 1,
+                None => own.push((id, 1)),
+            }
+        }
         let mut queued = 0;
         {
             let subs = entry
@@ -313,20 +333,12 @@ impl Hub {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             for mailbox in subs.iter() {
-                let item = if Some(mailbox.id) == publisher {
-                    Outbound::Skip {
-                        topic: Arc::clone(topic),
-                        offset,
-                    }
-                } else {
-                    queued += 1;
-                    Outbound::Durable {
-                        topic: Arc::clone(topic),
-                        offset,
-                        frame: frame.clone(),
-                    }
-                };
-                mailbox.offer_durable(item);
+                let skipped = own
+                    .iter()
+                    .find(|(p, _)| *p == mailbox.id)
+                    .map_or(0, |(_, n)| *n);
+                mailbox.offer_durable(Outbound::Durable(Arc::clone(&run)));
+                queued += run.frames.len() - skipped;
             }
         }
         self.metrics.messages_out.inc_by(queued as u64);
@@ -400,6 +412,42 @@ mod tests {
             (m.topic.as_str(), m.data.get(), m.from.as_str()),
             ("t", "{\"x\":1}", "client-a")
         );
+    }
+
+    #[test]
+    fn a_durable_run_is_one_shared_item_per_subscriber() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (a, mut rx_a) = mailbox(&hub, 8);
+        let (b, mut rx_b) = mailbox(&hub, 8);
+        hub.subscribe("t", &a);
+        hub.subscribe("t", &b);
+        let frame = |n: u8| Utf8Bytes::from(format!("{{\"n\":{n}}}"));
+        let run = Arc::new(DurableRun {
+            topic: Arc::from("t"),
+            first: 7,
+            frames: vec![
+                (frame(7), Some(a.id())),
+                (frame(8), None),
+                (frame(9), Some(a.id())),
+            ],
+        });
+        assert_eq!(run.last(), 9);
+        // a published two of the three frames itself: 1 for a, 3 for b.
+        assert_eq!(hub.publish_durable(Arc::clone(&run), Instant::now()), 4);
+        for rx in [&mut rx_a, &mut rx_b] {
+            let Ok(Outbound::Durable(got)) = rx.try_recv() else {
+                panic!("no run queued")
+            };
+            assert!(Arc::ptr_eq(&got, &run), "shared, not copied");
+            assert!(rx.try_recv().is_err(), "one item per subscriber");
+        }
+        // Nobody subscribed: nothing queued.
+        let other = Arc::new(DurableRun {
+            topic: Arc::from("u"),
+            first: 1,
+            frames: vec![(frame(1), None)],
+        });
+        assert_eq!(hub.publish_durable(other, Instant::now()), 0);
     }
 
     #[test]

@@ -21,11 +21,14 @@ use tokio::sync::mpsc;
 
 use super::{Backend, Command, Committed, Head, Heads, Reply, Row, StoreError};
 use crate::clock;
-use crate::hub::{Hub, Outbound};
+use crate::hub::{ConnId, DurableRun, Hub, Outbound};
 use crate::retention::Retention;
 
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 2048;
+/// Most frames in one fan-out run (one queue slot of each subscriber): a queue of
+/// `queue_capacity` slots then holds at most this many times as many frames, all shared.
+const MAX_RUN: usize = 64;
 /// Most rows one `Trim` command deletes, so trimming never stalls writes for long.
 const TRIM_CHUNK: usize = 5_000;
 
@@ -85,7 +88,6 @@ enum Outcome {
         reply: Reply,
     },
     Appended {
-        rows: std::ops::Range<usize>,
         stream: Arc<str>,
         version: u64,
         reply: Reply,
@@ -262,7 +264,6 @@ impl Writer {
                         dirty.insert(Arc::clone(&stream), head);
                     }
                     outcomes.push(Outcome::Appended {
-                        rows: start..rows.len(),
                         stream,
                         version,
                         reply,
@@ -299,6 +300,7 @@ impl Writer {
             self.heads
                 .set_all(dirty.iter().map(|(k, v)| (Arc::clone(k), v.clone())));
             self.cache.extend(dirty);
+            self.fan_out(&rows, &outcomes);
         }
         for outcome in outcomes {
             self.finish(outcome, &rows);
@@ -308,18 +310,12 @@ impl Writer {
         }
     }
 
-    /// Fan out and answer one command after a successful commit.
+    /// Answer one command after a successful commit (and its fan-out).
     fn finish(&self, outcome: Outcome, rows: &[Row]) {
         match outcome {
-            Outcome::Published {
-                row,
-                publisher,
-                reply,
-                started,
-            } => {
+            Outcome::Published { row, reply, .. } => {
                 let Some(row) = rows.get(row) else { return };
                 let epoch = self.epoch(&row.topic);
-                self.fan_out(row, &epoch, publisher.as_ref().map(|m| m.id()), started);
                 answer(
                     reply,
                     Ok(Committed {
@@ -343,15 +339,12 @@ impl Writer {
                 }),
             ),
             Outcome::Appended {
-                rows: range,
                 stream,
                 version,
                 reply,
+                ..
             } => {
                 let epoch = self.epoch(&stream);
-                for row in rows.get(range).unwrap_or_default() {
-                    self.fan_out(row, &epoch, None, Instant::now());
-                }
                 answer_append(reply, &stream, version, epoch);
             }
             Outcome::Conflict {
@@ -374,24 +367,66 @@ impl Writer {
             .unwrap_or_default()
     }
 
-    fn fan_out(
-        &self,
-        row: &Row,
-        epoch: &str,
-        publisher: Option<crate::hub::ConnId>,
-        started: Instant,
-    ) {
-        let frame = ServerMessage::Message(Message {
-            topic: row.topic.to_string(),
-            data: row.data.clone(),
-            from: row.from.clone(),
-            timestamp: row.timestamp.clone(),
-            offset: Some(row.offset),
-            epoch: Some(epoch.to_owned()),
-        });
-        let frame = Utf8Bytes::from(frame.encode());
-        self.hub
-            .publish_durable(&row.topic, row.offset, frame, publisher, started);
+    /// Fan out every committed row, in offset order: each row's `message` frame is encoded
+    /// once, and the rows of one topic go to the hub as one run, so a subscriber gets one queue
+    /// item per topic per commit instead of one per message. A publisher's own rows are marked
+    /// with its connection (no echo); appended events are echoed to the appender too.
+    fn fan_out(&self, rows: &[Row], outcomes: &[Outcome]) {
+        let mut publisher: Vec<Option<ConnId>> = vec![None; rows.len()];
+        let mut started: Option<Instant> = None;
+        for outcome in outcomes {
+            if let Outcome::Published {
+                row,
+                publisher: p,
+                started: s,
+                ..
+            } = outcome
+            {
+                if let Some(slot) = publisher.get_mut(*row) {
+                    *slot = p.as_ref().map(|m| m.id());
+                }
+                started = Some(started.map_or(*s, |t| t.min(*s)));
+            }
+        }
+        let started = started.unwrap_or_else(Instant::now);
+        // Rows of a topic have consecutive offsets in row order, so each run is contiguous;
+        // runs of one topic are handed to the hub in offset order.
+        let mut runs: Vec<DurableRun> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut epochs: HashMap<&str, String> = HashMap::new();
+        for (row, publisher) in rows.iter().zip(publisher) {
+            let epoch = epochs
+                .entry(row.topic.as_ref())
+                .or_insert_with(|| self.epoch(&row.topic));
+            let frame = ServerMessage::Message(Message {
+                topic: row.topic.to_string(),
+                data: row.data.clone(),
+                from: row.from.clone(),
+                timestamp: row.timestamp.clone(),
+                offset: Some(row.offset),
+                epoch: Some(epoch.clone()),
+            });
+            let frame = (Utf8Bytes::from(frame.encode()), publisher);
+            let open = index
+                .get(row.topic.as_ref())
+                .copied()
+                .filter(|&i| runs.get(i).is_some_and(|r| r.frames.len() < MAX_RUN));
+            let i = open.unwrap_or_else(|| {
+                runs.push(DurableRun {
+                    topic: Arc::clone(&row.topic),
+                    first: row.offset,
+                    frames: Vec::with_capacity(MAX_RUN.min(rows.len())),
+                });
+                index.insert(row.topic.as_ref(), runs.len() - 1);
+                runs.len() - 1
+            });
+            if let Some(run) = runs.get_mut(i) {
+                run.frames.push(frame);
+            }
+        }
+        for run in runs {
+            self.hub.publish_durable(Arc::new(run), started);
+        }
     }
 
     /// Apply retention to a few topics (round robin), a bounded number of rows at a time.
