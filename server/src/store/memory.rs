@@ -91,31 +91,21 @@ impl Backend for MemoryBackend {
         Ok(deleted.max((upto - head.first) as usize))
     }
 
-    fn trim_older(
+    fn last_older_than(
         &mut self,
         topic: &str,
         cutoff: &str,
-        head: &Head,
+        _head: &Head,
         limit: usize,
-    ) -> Result<u64, StoreError> {
-        let keep_from = {
-            let data = self.data();
-            let Some(rows) = data.topics.get(topic) else {
-                return Ok(head.first);
-            };
+    ) -> Result<Option<u64>, StoreError> {
+        let data = self.data();
+        Ok(data.topics.get(topic).and_then(|rows| {
             rows.iter()
                 .take(limit)
                 .take_while(|r| r.timestamp.as_str() < cutoff)
                 .last()
-                .map(|r| r.offset + 1)
-        };
-        match keep_from {
-            Some(k) => {
-                self.trim(topic, k, head, limit)?;
-                Ok(k)
-            }
-            None => Ok(head.first),
-        }
+                .map(|r| r.offset)
+        }))
     }
 }
 

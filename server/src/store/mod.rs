@@ -213,15 +213,33 @@ pub(crate) trait Backend: Send + 'static {
         head: &Head,
         limit: usize,
     ) -> Result<usize, StoreError>;
-    /// Delete rows of `topic` written before `cutoff` (RFC 3339), at most `limit`; returns the
-    /// new first offset.
+    /// The last offset among the oldest `limit` rows of `topic` written before `cutoff`
+    /// (RFC 3339), if any.
+    fn last_older_than(
+        &mut self,
+        topic: &str,
+        cutoff: &str,
+        head: &Head,
+        limit: usize,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Delete rows of `topic` written before `cutoff`, at most `limit`; returns the new first
+    /// offset.
     fn trim_older(
         &mut self,
         topic: &str,
         cutoff: &str,
         head: &Head,
         limit: usize,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        match self.last_older_than(topic, cutoff, head, limit)? {
+            Some(last) => {
+                self.trim(topic, last + 1, head, limit)?;
+                Ok(last + 1)
+            }
+            None => Ok(head.first),
+        }
+    }
 }
 
 /// Heads of every topic, shared between the writer (which updates them after each commit,
@@ -440,6 +458,14 @@ mod tests {
     use crate::retention::Retention;
 
     fn store(kind: StoreKind, dir: &std::path::Path, max: u64) -> Store {
+        store_with(
+            kind,
+            dir,
+            Retention::new(&[], &[], max, None).expect("retention"),
+        )
+    }
+
+    fn store_with(kind: StoreKind, dir: &std::path::Path, retention: Retention) -> Store {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics));
         Store::open(
@@ -447,7 +473,7 @@ mod tests {
                 kind,
                 data_dir: dir.to_owned(),
                 fsync: false,
-                retention: Retention::new(&[], &[], max, None).expect("retention"),
+                retention,
                 queue: 64,
                 dedup_window: std::time::Duration::from_secs(60),
             },
@@ -477,6 +503,40 @@ mod tests {
             let rows = s.read("t", 0, 100).await.expect("read");
             assert_eq!(rows.first().map(|r| r.offset), Some(41), "{kind:?}");
             assert_eq!(rows.len(), 10);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn messages_older_than_max_age_are_trimmed_on_both_backends() {
+        let dir = std::env::temp_dir().join(format!("tidings-store-age-{}", std::process::id()));
+        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
+            let retention =
+                Retention::new(&[], &[], 0, Some(std::time::Duration::from_millis(200)))
+                    .expect("retention");
+            let s = store_with(kind, &dir.join(kind.as_str()), retention);
+            for i in 0..5 {
+                let data = serde_json::value::to_raw_value(&i).expect("json");
+                s.publish("aging", data, "test", None)
+                    .await
+                    .expect("publish");
+            }
+            // Age is the behaviour under test: wait for the background trim to drop them all.
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while s.head("aging").map(|h| h.first) != Some(6) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?}: head {:?}",
+                    s.head("aging")
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert!(s.read("aging", 0, 10).await.expect("read").is_empty());
+            assert_eq!(
+                s.head("aging").map(|h| h.latest),
+                Some(5),
+                "offsets are never reused"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

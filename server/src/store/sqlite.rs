@@ -164,24 +164,19 @@ impl Backend for SqliteBackend {
         Ok(deleted.max((upto - head.first) as usize))
     }
 
-    fn trim_older(
+    fn last_older_than(
         &mut self,
         topic: &str,
         cutoff: &str,
         head: &Head,
         limit: usize,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let last_old: Option<i64> = self.conn.query_row(
             "SELECT MAX(seq) FROM messages WHERE topic = ?1 AND seq < ?2 AND ts < ?3",
             params![topic, (head.first + limit as u64) as i64, cutoff],
             |r| r.get(0),
         )?;
-        let Some(last_old) = last_old else {
-            return Ok(head.first);
-        };
-        let keep_from = last_old as u64 + 1;
-        self.trim(topic, keep_from, head, limit)?;
-        Ok(keep_from)
+        Ok(last_old.map(|s| s as u64))
     }
 }
 
