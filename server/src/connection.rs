@@ -174,7 +174,7 @@ async fn read_loop(
                     return Some(CloseCode::HeartbeatTimeout);
                 }
                 // A full queue is busy writing anyway: skip the beat rather than wait.
-                mailbox.offer_if_room(Outbound::Heartbeat);
+                let _ = mailbox.try_queue(Outbound::Heartbeat);
             }
             frame = stream.next() => {
                 let frame = match frame {

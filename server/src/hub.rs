@@ -103,19 +103,10 @@ impl Mailbox {
         }
     }
 
-    /// Queue an item if there is room right now; otherwise drop it (for heartbeats, which
-    /// are pointless on a connection that is busy writing anyway).
-    pub fn offer_if_room(&self, item: Outbound) {
-        let _ = self.tx.try_send(item);
-    }
-
     /// Queue an item that must not be lost (a reply, a cursor marker), waiting for room.
     /// If the queue stays full for `patience`, the connection is a slow consumer: the
     /// overflow signal trips and the item is dropped with the connection.
     pub async fn send(&self, item: Outbound, patience: std::time::Duration) {
-        let Err(item) = self.try_queue(item) else {
-            return;
-        };
         match tokio::time::timeout(patience, self.tx.send(item)).await {
             Ok(_) => {}
             Err(_) => self.overflow.cancel(),
@@ -206,6 +197,15 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A topic's subscriber list, taken out of the map so the map lock is held only briefly.
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(Arc::clone)
+    }
+
     /// Number of topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
         self.topics
@@ -266,10 +266,7 @@ impl Hub {
         data: Json,
         started: Instant,
     ) -> Delivery {
-        let entry = {
-            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-            topics.get(topic.as_str()).map(Arc::clone)
-        };
+        let entry = self.topic(&topic);
         self.metrics.publishes.inc();
         let Some(entry) = entry else {
             return Delivery {
@@ -312,10 +309,7 @@ impl Hub {
     /// its connection's writer). Called by the store's writer, in offset order. Never waits.
     /// Returns the number of frames queued for delivery.
     pub fn publish_durable(&self, run: Arc<DurableRun>, started: Instant) -> usize {
-        let entry = {
-            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-            topics.get(run.topic.as_ref()).map(Arc::clone)
-        };
+        let entry = self.topic(&run.topic);
         self.metrics.publishes.inc_by(run.frames.len() as u64);
         let Some(entry) = entry else { return 0 };
         // How many frames of the run each publishing connection sent (usually one publisher).

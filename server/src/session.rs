@@ -41,18 +41,6 @@ pub enum Action {
     Read(Read),
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Publish { .. } => "Publish",
-            Command::Append { .. } => "Append",
-            Command::Snapshot { .. } => "Snapshot",
-            Command::Trim => "Trim",
-            Command::Flush(_) => "Flush",
-        })
-    }
-}
-
 /// The state of one authenticated connection.
 pub struct Session {
     shared: Arc<Shared>,

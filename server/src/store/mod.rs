@@ -163,6 +163,19 @@ pub enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// Commands carry payloads and reply channels; their kind is what a log line needs.
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Publish { .. } => "Publish",
+            Command::Append { .. } => "Append",
+            Command::Snapshot { .. } => "Snapshot",
+            Command::Trim => "Trim",
+            Command::Flush(_) => "Flush",
+        })
+    }
+}
+
 /// Which storage to use.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
