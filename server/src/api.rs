@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tidings_protocol::client::{History, Read};
 use tidings_protocol::server::{Appended, Error as ErrorMessage};
-use tidings_protocol::{ErrorCode, Json, NewEvent, ServerMessage};
+use tidings_protocol::{ErrorCode, Json, MAX_ID_LEN, NewEvent, ServerMessage};
 
 use crate::config::Config;
 use crate::connection;
@@ -85,7 +85,8 @@ struct PublishBody {
     /// Payload, carried byte for byte; omitted means `null`, as on the WebSocket.
     #[serde(default = "tidings_protocol::json_null")]
     data: Json,
-    /// Idempotency key: a retry with the same id gets the original offset (durable topics).
+    /// Idempotency key: a retry with the same id and payload gets the original offset
+    /// (durable topics). Keys of the API are its own: they never match a client's.
     #[serde(default)]
     id: Option<String>,
 }
@@ -116,6 +117,11 @@ async fn publish(
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<JsonResponse<PublishedBody>, ApiError> {
     valid_name(&body.topic, &shared.config)?;
+    if body.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
+        return Err(ApiError::BadRequest(format!(
+            "id is longer than {MAX_ID_LEN} bytes"
+        )));
+    }
     if shared.retention.is_ephemeral(&body.topic) {
         let topic = body.topic.clone();
         let delivery = shared
@@ -147,6 +153,7 @@ async fn publish(
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     /// Messages with offsets greater than this (default 0: from the oldest stored).
+    #[serde(default, deserialize_with = "tidings_protocol::decode::opt_position")]
     since: Option<u64>,
     /// At most this many messages (capped by `history_limit`).
     limit: Option<u32>,
@@ -175,7 +182,7 @@ async fn history(
 #[serde(deny_unknown_fields)]
 struct AppendBody {
     /// Absent: append at any version; 0: the stream must not exist yet; n: it must be at n.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tidings_protocol::decode::opt_position")]
     expected_version: Option<u64>,
     /// The events, appended atomically and in order.
     events: Vec<NewEvent>,
@@ -212,6 +219,7 @@ async fn append(
 #[serde(deny_unknown_fields)]
 struct ReadQuery {
     /// Events with versions greater than this (default 0: all, from the latest snapshot).
+    #[serde(default, deserialize_with = "tidings_protocol::decode::opt_position")]
     from_version: Option<u64>,
 }
 
@@ -279,11 +287,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(key) = headers.get("x-api-key") {
         return Some(key.as_bytes().trim_ascii());
     }
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let (scheme, key) = value.split_at_checked(7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| key.trim_ascii())
+    crate::auth::bearer(headers)
 }
 
 /// Compare in time that depends only on the expected key's length, so response timing does
@@ -416,6 +420,9 @@ impl IntoResponse for ApiError {
             E::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::MessageTooLarge),
             E::Store(StoreError::Conflict { .. }) => {
                 (StatusCode::CONFLICT, ErrorCode::VersionConflict)
+            }
+            E::Store(StoreError::IdempotencyConflict { .. }) => {
+                (StatusCode::CONFLICT, ErrorCode::IdempotencyConflict)
             }
             E::Store(StoreError::Closed) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)

@@ -24,9 +24,16 @@ pub struct Config {
     pub jwt_public_keys: Vec<PathBuf>,
     /// Accept tokens without an `exp` claim (they then never expire).
     pub allow_tokens_without_exp: bool,
-    /// Clock skew tolerated when checking `exp`.
+    /// Clock skew tolerated when checking `exp` and `nbf`: a token is accepted until
+    /// `exp + leeway`, and an open connection is closed then (RFC 7519 §4.1.4).
     #[serde(with = "duration_str")]
     pub jwt_leeway: Duration,
+    /// When set, a token's `aud` must contain this value (and `aud` is required). Unset:
+    /// `aud` is not checked.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must equal this value (and `iss` is required). Unset: `iss`
+    /// is not checked.
+    pub jwt_issuer: Option<String>,
     /// Messages per second per connection (token bucket refill rate).
     pub rate_limit: u32,
     /// Token bucket size: messages a connection may send in a burst.
@@ -41,6 +48,22 @@ pub struct Config {
     pub max_connections: usize,
     /// Open WebSocket connections per client IP; more are refused with HTTP 429.
     pub max_connections_per_ip: usize,
+    /// HTTP connections per client IP that are not (yet) WebSockets: idle keep-alive
+    /// connections, requests in progress, handshakes. More are answered 429 and closed.
+    /// Connections from a trusted proxy are not counted (the proxy multiplexes many clients).
+    pub max_http_connections_per_ip: usize,
+    /// How long a client has to send a request's complete headers, counted from when the
+    /// server starts waiting for them (a new connection, or an idle keep-alive one).
+    #[serde(with = "duration_str")]
+    pub http_header_timeout: Duration,
+    /// An HTTP connection (not yet a WebSocket) on which no byte moves either way for this
+    /// long is closed: a stalled body upload or a response nobody reads.
+    #[serde(with = "duration_str")]
+    pub http_idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers name the client IP (CIDRs or
+    /// single addresses). From any other peer those headers are ignored.
+    #[serde(with = "cidr_list")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Frames queued for one connection before it counts as a slow consumer and is closed.
     pub queue_capacity: usize,
     /// How often the server sends `heartbeat` and a WebSocket ping.
@@ -73,6 +96,9 @@ pub struct Config {
     pub retention_max_age: Option<Duration>,
     /// Most messages or events in one `history` / `read` reply.
     pub history_limit: u32,
+    /// Most bytes of stored messages in one `history` / `read` reply or one page of a
+    /// subscriber's catch-up read (a page always holds at least one message).
+    pub max_reply_bytes: usize,
     /// A connection whose socket accepts nothing for this long while frames wait is closed
     /// as a slow consumer (4002).
     #[serde(with = "duration_str")]
@@ -92,6 +118,8 @@ impl Default for Config {
             jwt_public_keys: Vec::new(),
             allow_tokens_without_exp: false,
             jwt_leeway: Duration::from_secs(30),
+            jwt_audience: None,
+            jwt_issuer: None,
             rate_limit: 100,
             rate_burst: 200,
             max_message_bytes: 1024 * 1024,
@@ -99,6 +127,10 @@ impl Default for Config {
             max_topic_len: 256,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            max_http_connections_per_ip: 100,
+            http_header_timeout: Duration::from_secs(30),
+            http_idle_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             queue_capacity: 4096,
             heartbeat_interval: Duration::from_secs(25),
             heartbeat_timeout: Duration::from_secs(60),
@@ -112,6 +144,7 @@ impl Default for Config {
             retention_max_messages: 100_000,
             retention_max_age: None,
             history_limit: 1000,
+            max_reply_bytes: 4 * 1024 * 1024,
             slow_consumer_timeout: Duration::from_secs(30),
             api_key: None,
             dedup_window: Duration::from_secs(3600),
@@ -130,6 +163,15 @@ pub enum ConfigError {
     /// The HS256 secret is empty.
     #[error("the JWT secret is empty")]
     EmptySecret,
+    /// The HS256 secret is shorter than RFC 7518 §3.2 allows.
+    #[error(
+        "the JWT secret is {len} bytes; HS256 needs at least 32 (RFC 7518 §3.2). \
+         Make one with `openssl rand -hex 32`"
+    )]
+    WeakSecret {
+        /// The secret's length in bytes.
+        len: usize,
+    },
     /// A public key file could not be read or parsed.
     #[error("JWT public key {path}: {reason}")]
     PublicKey {
@@ -144,65 +186,191 @@ pub enum ConfigError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// A numeric limit is zero or out of range.
+    /// A setting is out of its range.
     #[error("invalid setting {name}: {reason}")]
     Invalid {
-        /// The setting's name.
+        /// The setting's name (as in the TOML file).
         name: &'static str,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
 }
 
+/// The longest any configured duration may be (ten years): far beyond any sensible timeout
+/// or window, and short enough that `now - duration` stays after 1970 and `now + duration`
+/// fits every clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl Config {
-    /// Check the settings that would otherwise fail at run time.
+    /// Check every setting against its range, so a configuration that cannot work is refused
+    /// at start with the setting's name, never at run time.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("rate_limit", self.rate_limit as usize),
-            ("rate_burst", self.rate_burst as usize),
-            ("max_message_bytes", self.max_message_bytes),
-            ("max_subscriptions", self.max_subscriptions),
-            ("max_topic_len", self.max_topic_len),
-            ("max_connections", self.max_connections),
-            ("max_connections_per_ip", self.max_connections_per_ip),
-            ("queue_capacity", self.queue_capacity),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    name,
-                    reason: "must be at least 1",
-                });
+        fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                name,
+                reason: reason.into(),
             }
         }
-        if self.heartbeat_interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat_interval",
-                reason: "must be positive",
-            });
+        const MIB: usize = 1024 * 1024;
+        let counts: [(&'static str, usize, usize, usize); 12] = [
+            ("rate_limit", self.rate_limit as usize, 1, u32::MAX as usize),
+            ("rate_burst", self.rate_burst as usize, 1, u32::MAX as usize),
+            ("max_message_bytes", self.max_message_bytes, 64, 64 * MIB),
+            ("max_subscriptions", self.max_subscriptions, 1, 1_000_000),
+            ("max_topic_len", self.max_topic_len, 1, 64 * 1024),
+            ("max_connections", self.max_connections, 1, 10_000_000),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                1,
+                10_000_000,
+            ),
+            (
+                "max_http_connections_per_ip",
+                self.max_http_connections_per_ip,
+                1,
+                10_000_000,
+            ),
+            ("queue_capacity", self.queue_capacity, 1, 1_000_000),
+            ("history_limit", self.history_limit as usize, 1, 1_000_000),
+            ("max_reply_bytes", self.max_reply_bytes, 1024, 1024 * MIB),
+            (
+                "retention_max_messages",
+                usize::try_from(self.retention_max_messages).unwrap_or(usize::MAX),
+                0,
+                usize::try_from(tidings_protocol::MAX_POSITION).unwrap_or(usize::MAX),
+            ),
+        ];
+        for (name, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    name,
+                    format!("must be from {min} to {max}, not {value}"),
+                ));
+            }
         }
-        if self.history_limit == 0 {
-            return Err(ConfigError::Invalid {
-                name: "history_limit",
-                reason: "must be at least 1",
-            });
+        let ms = Duration::from_millis;
+        let durations = [
+            (
+                "jwt_leeway",
+                Some(self.jwt_leeway),
+                Duration::ZERO,
+                ms(600_000),
+            ),
+            (
+                "heartbeat_interval",
+                Some(self.heartbeat_interval),
+                ms(10),
+                MAX_DURATION,
+            ),
+            (
+                "heartbeat_timeout",
+                Some(self.heartbeat_timeout),
+                ms(10),
+                MAX_DURATION,
+            ),
+            (
+                "shutdown_timeout",
+                Some(self.shutdown_timeout),
+                Duration::ZERO,
+                MAX_DURATION,
+            ),
+            (
+                "slow_consumer_timeout",
+                Some(self.slow_consumer_timeout),
+                ms(1),
+                MAX_DURATION,
+            ),
+            (
+                "dedup_window",
+                Some(self.dedup_window),
+                Duration::ZERO,
+                MAX_DURATION,
+            ),
+            (
+                "http_header_timeout",
+                Some(self.http_header_timeout),
+                ms(10),
+                MAX_DURATION,
+            ),
+            (
+                "http_idle_timeout",
+                Some(self.http_idle_timeout),
+                ms(10),
+                MAX_DURATION,
+            ),
+            (
+                "retention_max_age",
+                self.retention_max_age,
+                ms(1),
+                MAX_DURATION,
+            ),
+        ];
+        for (name, value, min, max) in durations {
+            if let Some(d) = value
+                && !(min..=max).contains(&d)
+            {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "must be from {} to {}, not {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max),
+                        humantime::format_duration(d)
+                    ),
+                ));
+            }
         }
-        if self.api_key.as_deref().is_some_and(str::is_empty) {
-            return Err(ConfigError::Invalid {
-                name: "api_key",
-                reason: "must not be empty",
-            });
+        for rule in &self.retention {
+            if let Some(d) = rule.max_age
+                && !(ms(1)..=MAX_DURATION).contains(&d)
+            {
+                return Err(invalid(
+                    "retention.max_age",
+                    format!(
+                        "{}: must be from 1ms to {}",
+                        rule.pattern,
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+            if rule
+                .max_messages
+                .is_some_and(|n| n > tidings_protocol::MAX_POSITION)
+            {
+                return Err(invalid(
+                    "retention.max_messages",
+                    format!("{}: too large", rule.pattern),
+                ));
+            }
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat_timeout",
-                reason: "must be longer than heartbeat_interval",
-            });
+            return Err(invalid(
+                "heartbeat_timeout",
+                "must be longer than heartbeat_interval",
+            ));
+        }
+        if self.api_key.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("api_key", "must not be empty"));
+        }
+        for (name, value) in [
+            ("jwt_audience", &self.jwt_audience),
+            ("jwt_issuer", &self.jwt_issuer),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(name, "must not be empty (leave it unset instead)"));
+            }
         }
         Ok(())
     }
 
     /// The compiled retention rules.
+    ///
+    /// # Errors
+    /// [`ConfigError::Pattern`] when a topic pattern does not parse.
     pub fn compile_retention(&self) -> Result<Retention, ConfigError> {
         Ok(Retention::new(
             &self.ephemeral_topics,
@@ -210,6 +378,34 @@ impl Config {
             self.retention_max_messages,
             self.retention_max_age,
         )?)
+    }
+}
+
+/// Parse a trusted proxy: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+/// CIDR lists in TOML as strings: `["10.0.0.0/8", "127.0.0.1"]`.
+mod cidr_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| super::parse_cidr(t).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 
@@ -269,6 +465,101 @@ mod tests {
         assert_eq!(config.rate_burst, Config::default().rate_burst);
         assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn every_setting_is_range_checked_at_start() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let cases: Vec<(&str, Config)> = vec![
+            (
+                "dedup_window",
+                Config {
+                    dedup_window: 60 * year,
+                    ..Config::default()
+                },
+            ),
+            (
+                "retention_max_age",
+                Config {
+                    retention_max_age: Some(60 * year),
+                    ..Config::default()
+                },
+            ),
+            (
+                "heartbeat_interval",
+                Config {
+                    heartbeat_interval: 1000 * year,
+                    ..Config::default()
+                },
+            ),
+            (
+                "jwt_leeway",
+                Config {
+                    jwt_leeway: year,
+                    ..Config::default()
+                },
+            ),
+            (
+                "queue_capacity",
+                Config {
+                    queue_capacity: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_reply_bytes",
+                Config {
+                    max_reply_bytes: 10,
+                    ..Config::default()
+                },
+            ),
+            (
+                "http_header_timeout",
+                Config {
+                    http_header_timeout: Duration::ZERO,
+                    ..Config::default()
+                },
+            ),
+            (
+                "jwt_audience",
+                Config {
+                    jwt_audience: Some(String::new()),
+                    ..Config::default()
+                },
+            ),
+            (
+                "retention.max_age",
+                Config {
+                    retention: vec![RetentionRule {
+                        pattern: "x".into(),
+                        max_messages: None,
+                        max_age: Some(100 * year),
+                    }],
+                    ..Config::default()
+                },
+            ),
+        ];
+        for (name, config) in cases {
+            match config.validate() {
+                Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidrs_or_addresses() {
+        let config: Config =
+            toml::from_str(r#"trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "fd00::1/8"]"#)
+                .expect("parse");
+        let shown: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        assert!(toml::from_str::<Config>(r#"trusted_proxies = ["nope"]"#).is_err());
     }
 
     #[test]

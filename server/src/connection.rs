@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::clock;
-use crate::hub::{ConnId, DurableRun, Mailbox, Outbound};
+use crate::hub::{ConnId, DurableRun, Mailbox, Outbound, Pending};
 use crate::limits::ConnPermit;
 use crate::session::{Action, Session};
 use crate::state::Shared;
@@ -61,22 +61,23 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     tracing::debug!(client_id = session.client_id(), "connected");
 
     let (sink, mut stream) = socket.split();
-    let (close_tx, close_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
     let writer = Writer {
         id: mailbox.id(),
         sink,
         rx,
-        close_rx,
+        stop_rx,
         store: shared.store.clone(),
         cursors: Cursors::default(),
         lagging: mailbox.lagging(),
+        pending: mailbox.pending(),
         overflow: overflow.clone(),
         stuck_timeout: config.slow_consumer_timeout,
     };
     let mut writer = tokio::spawn(writer.run());
     mailbox.offer(encode(&session.connected()));
 
-    let close = read_loop(
+    let end = read_loop(
         &shared,
         &mut session,
         &mailbox,
@@ -86,33 +87,57 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     )
     .await;
 
-    if let Some(code) = close {
-        shared.metrics.closed(code.code());
-        if code == CloseCode::SlowConsumer {
-            shared.metrics.slow_consumer_closes.inc();
-        }
-        tracing::debug!(
-            client_id = session.client_id(),
-            code = code.code(),
-            "closing"
-        );
-        let _ = close_tx.send(code);
-        // Give the client a moment to answer the close frame, then let go either way.
-        let _ = Box::pin(timeout(CLOSE_GRACE, async {
-            while let Some(Ok(frame)) = stream.next().await {
-                if matches!(frame, Message::Close(_)) {
-                    break;
-                }
+    match end {
+        End::Close(code) => {
+            shared.metrics.closed(code.code());
+            if code == CloseCode::SlowConsumer {
+                shared.metrics.slow_consumer_closes.inc();
             }
-        }))
-        .await;
-    } else {
-        drop(close_tx);
+            tracing::debug!(
+                client_id = session.client_id(),
+                code = code.code(),
+                "closing"
+            );
+            let _ = stop_tx.send(Stop::Close(code));
+            // Give the client a moment to answer the close frame, then let go either way.
+            let _ = Box::pin(timeout(CLOSE_GRACE, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }))
+            .await;
+        }
+        End::PeerClosed => {
+            // tungstenite queued the answer to the peer's close frame (its code echoed, or
+            // 1002 for a code that may not be sent); it leaves with the writer's flush.
+            let _ = stop_tx.send(Stop::Echo);
+        }
+        End::Gone => drop(stop_tx),
     }
     if !writer.is_finished() && timeout(CLOSE_GRACE, &mut writer).await.is_err() {
         writer.abort();
     }
     tracing::debug!(client_id = session.client_id(), "disconnected");
+}
+
+/// How the read side of a connection ended.
+enum End {
+    /// The server closes with this code: send a close frame, wait briefly for the answer.
+    Close(CloseCode),
+    /// The peer sent a close frame: complete the handshake (RFC 6455 §5.5.1) and go.
+    PeerClosed,
+    /// The socket is gone (or the writer stopped): nothing more can be sent.
+    Gone,
+}
+
+/// What the reader tells the writer at the end.
+enum Stop {
+    /// Send a close frame with this code.
+    Close(CloseCode),
+    /// Flush the close frame tungstenite queued in answer to the peer's.
+    Echo,
 }
 
 /// Counts the connection in the `connections` gauge for as long as it lives — including when
@@ -133,8 +158,7 @@ impl Drop for OpenGauge<'_> {
     }
 }
 
-/// Read frames until the connection should end; returns the close code to send, or `None`
-/// when the peer is already gone.
+/// Read frames until the connection should end, and say how it ended.
 async fn read_loop(
     shared: &Shared,
     session: &mut Session,
@@ -142,7 +166,7 @@ async fn read_loop(
     overflow: &CancellationToken,
     stream: &mut SplitStream<WebSocket>,
     writer: &mut tokio::task::JoinHandle<()>,
-) -> Option<CloseCode> {
+) -> End {
     let config = &shared.config;
     let mut heartbeat = interval_at(
         Instant::now() + config.heartbeat_interval,
@@ -150,8 +174,8 @@ async fn read_loop(
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let mut expires_at = session.expires_at();
-    let expiry = sleep_until(deadline(expires_at));
+    let mut valid_until = session.valid_until();
+    let expiry = sleep_until(deadline(valid_until));
     tokio::pin!(expiry);
     // Created once, not per frame: each `cancelled()` future registers with (and on drop
     // leaves) its token's waiter list under a lock, and the shutdown token is shared by every
@@ -165,20 +189,20 @@ async fn read_loop(
     loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => return Some(CloseCode::GoingAway),
-            _ = &mut overflowed => return Some(CloseCode::SlowConsumer),
-            _ = &mut *writer => return None,
-            _ = &mut expiry => return Some(CloseCode::TokenExpired),
+            _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
+            _ = &mut overflowed => return End::Close(CloseCode::SlowConsumer),
+            _ = &mut *writer => return End::Gone,
+            _ = &mut expiry => return End::Close(CloseCode::TokenExpired),
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() > config.heartbeat_timeout {
-                    return Some(CloseCode::HeartbeatTimeout);
+                    return End::Close(CloseCode::HeartbeatTimeout);
                 }
                 // A full queue is busy writing anyway: skip the beat rather than wait.
                 let _ = mailbox.try_queue(Outbound::Heartbeat);
             }
             frame = stream.next() => {
                 let frame = match frame {
-                    None => return None,
+                    None => return End::Gone,
                     Some(Ok(frame)) => frame,
                     Some(Err(e)) => return read_error(e),
                 };
@@ -188,16 +212,16 @@ async fn read_loop(
                     Message::Binary(_) => session.on_binary(&mut actions),
                     // tungstenite answers pings itself; a pong only proves liveness.
                     Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => return None,
+                    Message::Close(_) => return End::PeerClosed,
                 }
                 for action in actions.drain(..) {
                     if perform(shared, mailbox, action).await.is_err() {
-                        return Some(CloseCode::GoingAway);
+                        return End::Close(CloseCode::GoingAway);
                     }
                 }
-                if session.expires_at() != expires_at {
-                    expires_at = session.expires_at();
-                    expiry.as_mut().reset(deadline(expires_at));
+                if session.valid_until() != valid_until {
+                    valid_until = session.valid_until();
+                    expiry.as_mut().reset(deadline(valid_until));
                 }
             }
         }
@@ -256,19 +280,26 @@ pub(crate) async fn history(shared: &Shared, h: History) -> Result<ServerMessage
         .limit
         .unwrap_or(shared.config.history_limit)
         .min(shared.config.history_limit) as usize;
-    let head = shared.store.head(&h.topic);
-    let rows = shared
+    let page = shared
         .store
         .read(&h.topic, h.since.unwrap_or(0), limit)
         .await?;
+    // The head after the read: `latest` is then never below an offset on the page.
+    let head = shared.store.head(&h.topic);
     let epoch = head.as_ref().map(|h| h.epoch.clone()).unwrap_or_default();
-    let latest = head.map_or(0, |h| h.latest);
+    let last = page.rows.last().map_or(0, |r| r.offset);
+    let latest = head.map_or(0, |h| h.latest).max(last);
     Ok(ServerMessage::History(HistoryPage {
         r#ref: h.r#ref,
         topic: h.topic,
-        messages: rows.into_iter().map(|r| message_of(r, &epoch)).collect(),
+        messages: page
+            .rows
+            .into_iter()
+            .map(|r| message_of(r, &epoch))
+            .collect(),
         epoch,
         latest,
+        more: page.more,
     }))
 }
 
@@ -282,13 +313,15 @@ pub(crate) async fn read(shared: &Shared, r: Read) -> Result<ServerMessage, Stor
         _ => None,
     };
     let after = snapshot.as_ref().map_or(from, |s| s.version);
-    let rows = shared.store.read(&r.stream, after, limit).await?;
+    let page = shared.store.read(&r.stream, after, limit).await?;
+    let version = version.max(page.rows.last().map_or(0, |r| r.offset));
     Ok(ServerMessage::Events(Events {
         r#ref: r.r#ref,
         stream: r.stream,
         version,
         snapshot,
-        events: rows.into_iter().map(event_of).collect(),
+        events: page.rows.into_iter().map(event_of).collect(),
+        more: page.more,
     }))
 }
 
@@ -326,25 +359,37 @@ pub(crate) fn event_of(row: Row) -> StoredEvent {
     }
 }
 
-/// The close code for a failed read, if a close frame can still be sent.
-fn read_error(e: axum::Error) -> Option<CloseCode> {
+/// How a failed read ends the connection: with the close code RFC 6455 §7.4.1 gives the
+/// fault when a close frame can still be sent.
+fn read_error(e: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
     let inner = e.into_inner();
+    tracing::debug!(error = %inner, "read failed");
     match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::MessageTooBig),
-        _ => {
-            tracing::debug!(error = %inner, "read failed");
-            None
-        }
+        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
+        Some(tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        )) => End::Gone,
+        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
+        _ => End::Gone,
     }
 }
 
-/// When a token expiring at `at` should close the connection (far away for no expiry).
+/// When a token valid until `at` should close the connection (far away for no expiry, or
+/// an expiry beyond what the clock can hold: never an overflow).
 fn deadline(at: Option<SystemTime>) -> Instant {
     const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    match at {
-        None => Instant::now() + NEVER,
-        Some(at) => Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default(),
-    }
+    let now = Instant::now();
+    let wait = match at {
+        None => NEVER,
+        Some(at) => at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(NEVER),
+    };
+    now.checked_add(wait)
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn encode(msg: &ServerMessage) -> Outbound {
@@ -352,7 +397,7 @@ fn encode(msg: &ServerMessage) -> Outbound {
 }
 
 /// Why the writer stopped early.
-enum Stop {
+enum Failed {
     /// The socket failed or the peer is gone.
     Socket,
     /// The client fell behind what retention keeps, or its socket accepted nothing for too
@@ -366,11 +411,13 @@ struct Writer {
     id: ConnId,
     sink: SplitSink<WebSocket, Message>,
     rx: mpsc::Receiver<Outbound>,
-    close_rx: oneshot::Receiver<CloseCode>,
+    stop_rx: oneshot::Receiver<Stop>,
     store: Store,
     /// Last offset sent, per tracked durable topic.
     cursors: Cursors,
     lagging: Arc<AtomicBool>,
+    /// Replies from the store that found the queue full (written after each batch).
+    pending: Arc<Pending>,
     overflow: CancellationToken,
     stuck_timeout: Duration,
 }
@@ -380,9 +427,9 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
-                code = &mut self.close_rx => {
-                    if let Ok(code) = code {
-                        Box::pin(self.send_close(code)).await;
+                stop = &mut self.stop_rx => {
+                    if let Ok(stop) = stop {
+                        Box::pin(self.stop(stop)).await;
                     }
                     return;
                 }
@@ -390,12 +437,12 @@ impl Writer {
                     let Some(item) = item else { return };
                     match self.batch(item).await {
                         Ok(()) => {}
-                        Err(Stop::Socket) => return,
-                        Err(Stop::Slow) => {
+                        Err(Failed::Socket) => return,
+                        Err(Failed::Slow) => {
                             // Let the reader pick the close code, then send it if we can.
                             self.overflow.cancel();
-                            if let Ok(code) = (&mut self.close_rx).await {
-                                Box::pin(self.send_close(code)).await;
+                            if let Ok(stop) = (&mut self.stop_rx).await {
+                                Box::pin(self.stop(stop)).await;
                             }
                             return;
                         }
@@ -405,21 +452,32 @@ impl Writer {
         }
     }
 
-    async fn send_close(&mut self, code: CloseCode) {
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: code.reason().into(),
-        };
-        let _ = timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+    /// Send (and flush) the close frame that ends the connection.
+    async fn stop(&mut self, stop: Stop) {
+        match stop {
+            Stop::Close(code) => {
+                let frame = CloseFrame {
+                    code: code.code(),
+                    reason: code.reason().into(),
+                };
+                let _ = timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+            }
+            Stop::Echo => {
+                let _ = timeout(CLOSE_GRACE, self.sink.flush()).await;
+            }
+        }
     }
 
     /// Write `first` and whatever else is queued (up to a batch), flush, then catch up on
     /// topics whose frames were dropped while the queue was full.
-    async fn batch(&mut self, first: Outbound) -> Result<(), Stop> {
+    async fn batch(&mut self, first: Outbound) -> Result<(), Failed> {
         self.write(first).await?;
         for _ in 1..MAX_BATCH {
             let Ok(item) = self.rx.try_recv() else { break };
             self.write(item).await?;
+        }
+        for reply in self.pending.take() {
+            self.feed(reply).await?;
         }
         self.flush().await?;
         if self.lagging.swap(false, Ordering::AcqRel) {
@@ -432,15 +490,15 @@ impl Writer {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), Stop> {
+    async fn flush(&mut self) -> Result<(), Failed> {
         bounded(self.stuck_timeout, self.sink.flush()).await
     }
 
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Stop> {
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Failed> {
         bounded(self.stuck_timeout, self.sink.feed(Message::Text(text))).await
     }
 
-    async fn write(&mut self, item: Outbound) -> Result<(), Stop> {
+    async fn write(&mut self, item: Outbound) -> Result<(), Failed> {
         match item {
             Outbound::Frame(text) => self.feed(text).await,
             Outbound::Heartbeat => {
@@ -451,7 +509,7 @@ impl Writer {
                 self.sink
                     .feed(Message::Ping(Default::default()))
                     .await
-                    .map_err(|_| Stop::Socket)
+                    .map_err(|_| Failed::Socket)
             }
             Outbound::Track { topic, from } => {
                 self.cursors.insert(topic, from);
@@ -463,13 +521,15 @@ impl Writer {
             }
             Outbound::Sync { topic } => Box::pin(self.sync(&topic)).await,
             Outbound::Durable(run) => self.write_run(&run).await,
+            // The pending replies are written after the batch.
+            Outbound::Wake => Ok(()),
         }
     }
 
     /// Write the frames of `run` that are after the topic's cursor (filling any gap before it
     /// from the store first), except the ones this connection published, and advance the
     /// cursor to the end of the run.
-    async fn write_run(&mut self, run: &DurableRun) -> Result<(), Stop> {
+    async fn write_run(&mut self, run: &DurableRun) -> Result<(), Failed> {
         let Some(cursor) = self.cursors.get_mut(&run.topic) else {
             return Ok(());
         };
@@ -497,7 +557,7 @@ impl Writer {
     }
 
     /// Deliver everything stored for `topic` up to its current head.
-    async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Stop> {
+    async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Failed> {
         match self.store.head(topic) {
             Some(head) => self.fill(topic, head.latest).await,
             None => Ok(()),
@@ -505,24 +565,24 @@ impl Writer {
     }
 
     /// Send stored messages of `topic` after the cursor, up to and including `target`.
-    async fn fill(&mut self, topic: &Arc<str>, target: u64) -> Result<(), Stop> {
+    async fn fill(&mut self, topic: &Arc<str>, target: u64) -> Result<(), Failed> {
         let Some(mut cursor) = self.cursors.get(topic).copied() else {
             return Ok(());
         };
         let epoch = self.store.head(topic).map(|h| h.epoch).unwrap_or_default();
         while cursor < target {
             let rows = match self.store.read(topic, cursor, CATCH_UP_PAGE).await {
-                Ok(rows) => rows,
+                Ok(page) => page.rows,
                 Err(e) => {
                     tracing::warn!("catch-up read of {topic} failed: {e}");
-                    return Err(Stop::Slow);
+                    return Err(Failed::Slow);
                 }
             };
             let Some(first) = rows.first() else { break };
             if first.offset != cursor + 1 {
                 // What this client missed has been trimmed: it fell behind retention.
                 tracing::debug!(%topic, cursor, first = first.offset, "fell behind retention");
-                return Err(Stop::Slow);
+                return Err(Failed::Slow);
             }
             for row in rows {
                 if row.offset > target {
@@ -543,15 +603,18 @@ impl Writer {
 /// operation cannot complete at once. Almost every frame just lands in tungstenite's write
 /// buffer and almost every flush completes in one `send`, so the common path creates no timer
 /// (creating one per frame cost ~10 % of the server's CPU in fan-out).
-async fn bounded<E>(limit: Duration, op: impl Future<Output = Result<(), E>>) -> Result<(), Stop> {
+async fn bounded<E>(
+    limit: Duration,
+    op: impl Future<Output = Result<(), E>>,
+) -> Result<(), Failed> {
     let mut op = pin!(op);
     if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
-        return done.map_err(|_| Stop::Socket);
+        return done.map_err(|_| Failed::Socket);
     }
     match timeout(limit, op).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Stop::Socket),
-        Err(_) => Err(Stop::Slow),
+        Ok(Err(_)) => Err(Failed::Socket),
+        Err(_) => Err(Failed::Slow),
     }
 }
 

@@ -37,8 +37,8 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The client's IP, when the server was started with connect info (the `tidings` binary
-/// always is; an app nesting the router may not be, and then per-IP limits do not apply).
+/// The peer's IP, when the server was started with connect info ([`crate::serve`] always
+/// is; an app nesting the router may not be, and then per-IP limits do not apply).
 struct PeerIp(Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
@@ -82,7 +82,16 @@ async fn upgrade(
             "origin not allowed",
         );
     }
-    let token = query.token.or_else(|| bearer(&headers)).unwrap_or_default();
+    // An empty `?token=` does not hide a token in the `Authorization` header.
+    let token = query
+        .token
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            crate::auth::bearer(&headers)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     let identity = match shared.auth.verify(&token) {
         Ok(identity) => identity,
         Err(e) => {
@@ -95,6 +104,8 @@ async fn upgrade(
             );
         }
     };
+    let ip =
+        ip.map(|peer| crate::forwarded::client_ip(&shared.config.trusted_proxies, peer, &headers));
     let permit = match shared.limits.acquire(ip) {
         Ok(permit) => permit,
         Err(e @ LimitError::Total(_)) => {
@@ -134,14 +145,6 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write is forced; the writer flushes after each batch anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
-    Some(token.trim().to_owned())
-}
-
 /// Browsers always send `Origin` on a WebSocket upgrade; other clients usually do not.
 /// With an allow-list configured, a browser from another origin is refused.
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
@@ -157,10 +160,19 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
+/// `/health`: the template's fields plus more. 200 `healthy`; 503 `shutting_down`, or
+/// `degraded` (with `store_error`) while the store cannot write (disk full, database locked,
+/// writer stopped), so a load balancer stops sending clients to a node that would lose them.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let shutting_down = shared.shutdown.is_cancelled();
-    let body = json!({
-        "status": if shutting_down { "shutting_down" } else { "healthy" },
+    let store = shared.store.health();
+    let status = match (&store, shutting_down) {
+        (_, true) => "shutting_down",
+        (Err(_), false) => "degraded",
+        (Ok(()), false) => "healthy",
+    };
+    let mut body = json!({
+        "status": status,
         "clients": shared.limits.current(),
         "topics": shared.hub.topic_count(),
         "subscriptions": shared.metrics.subscriptions.get(),
@@ -169,13 +181,17 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "node": shared.node,
         "store": shared.store.kind().as_str(),
         "durable": shared.store.kind() == crate::store::StoreKind::Sqlite,
+        "stored_topics": shared.store.topic_count(),
     });
-    let status = if shutting_down {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    if let Err(error) = store {
+        body["store_error"] = json!(error);
+    }
+    let code = if status == "healthy" {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -12,9 +12,9 @@
 //! Locks are `std` locks, never held across an `.await`. Lock order: the topic map first,
 //! then a topic's subscriber list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
@@ -61,6 +61,8 @@ pub enum Outbound {
         /// The topic.
         topic: Arc<str>,
     },
+    /// Replies are waiting beside the queue (see [`Mailbox::offer_reply`]): write them.
+    Wake,
 }
 
 /// Committed `message` frames of one durable topic with consecutive offsets, in order.
@@ -81,6 +83,32 @@ impl DurableRun {
     }
 }
 
+/// Replies that found the queue full and wait beside it for the connection's writer, which
+/// writes them after every batch. Bounded: a connection with more than `cap` unwritten
+/// replies is a slow consumer.
+#[derive(Debug)]
+pub struct Pending {
+    replies: Mutex<VecDeque<Utf8Bytes>>,
+    /// Whether `replies` may be non-empty: the writer checks this without taking the lock.
+    waiting: AtomicBool,
+    cap: usize,
+}
+
+impl Pending {
+    /// Take every waiting reply, oldest first (nothing, without locking, when none wait).
+    pub fn take(&self) -> VecDeque<Utf8Bytes> {
+        if !self.waiting.load(Ordering::Acquire) {
+            return VecDeque::new();
+        }
+        let mut replies = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        self.waiting.store(false, Ordering::Release);
+        std::mem::take(&mut *replies)
+    }
+}
+
+/// The fewest replies that may wait beside a full queue, whatever `queue_capacity` is.
+const MIN_PENDING: usize = 256;
+
 /// The sending side of one connection's bounded outbound queue.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
@@ -90,17 +118,64 @@ pub struct Mailbox {
     overflow: CancellationToken,
     /// Set when a durable frame could not be queued: the writer catches up from the store.
     lagging: Arc<AtomicBool>,
+    /// Replies from the store's writer that found the queue full.
+    pending: Arc<Pending>,
 }
 
 impl Mailbox {
     /// A mailbox for connection `id`.
     pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>, overflow: CancellationToken) -> Self {
+        let cap = tx.max_capacity().max(MIN_PENDING);
         Mailbox {
             id,
             tx,
             overflow,
             lagging: Arc::default(),
+            pending: Arc::new(Pending {
+                replies: Mutex::new(VecDeque::new()),
+                waiting: AtomicBool::new(false),
+                cap,
+            }),
         }
+    }
+
+    /// The replies waiting beside the queue, for the connection's writer.
+    pub fn pending(&self) -> Arc<Pending> {
+        Arc::clone(&self.pending)
+    }
+
+    /// Queue a reply from a thread that cannot wait (the store's writer: acks, conflicts,
+    /// errors). Like every reply it must not be lost, and a subscriber catching up with a
+    /// full queue is not slow for that: a reply that finds the queue full waits beside it
+    /// (in order with the replies before it) and the writer writes it after its current
+    /// batch. Only a connection with more unwritten replies than the bound (the queue
+    /// capacity, at least 256) is closed as a slow consumer.
+    pub fn offer_reply(&self, frame: Utf8Bytes) {
+        let mut pending = self
+            .pending
+            .replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.is_empty() {
+            match self.tx.try_send(Outbound::Frame(frame)) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
+                    pending.push_back(frame)
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+            }
+        } else if pending.len() >= self.pending.cap {
+            drop(pending);
+            self.overflow.cancel();
+            return;
+        } else {
+            pending.push_back(frame);
+        }
+        self.pending.waiting.store(true, Ordering::Release);
+        drop(pending);
+        // Wake the writer if it is idle; if the queue is full it is busy and will see the
+        // pending replies after its batch.
+        let _ = self.tx.try_send(Outbound::Wake);
     }
 
     /// Queue an item that must not be lost (a reply, a cursor marker), waiting for room.
@@ -169,6 +244,9 @@ struct Topic {
 /// Shared pub/sub state of one server.
 pub struct Hub {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// Topics that lost their last subscriber since the store last asked (it frees the state
+    /// of those that hold nothing). A set, so it never holds more than the topics that exist.
+    released: Mutex<HashSet<Arc<str>>>,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -187,6 +265,7 @@ impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Hub {
             topics: RwLock::default(),
+            released: Mutex::default(),
             next_conn: AtomicU64::new(1),
             metrics,
         }
@@ -249,10 +328,33 @@ impl Hub {
             return false;
         };
         subs.swap_remove(pos);
-        if subs.is_empty() {
-            topics.remove(topic);
+        if subs.is_empty()
+            && let Some((name, _)) = topics.remove_entry(topic)
+        {
+            self.released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name);
         }
         self.metrics.subscriptions.dec();
+        true
+    }
+
+    /// The topics that lost their last subscriber since the last call.
+    pub fn take_released(&self) -> HashSet<Arc<str>> {
+        std::mem::take(&mut *self.released.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Run `free` if `topic` has no subscriber, holding the topic map's lock so that nobody
+    /// subscribes meanwhile. Returns whether it ran. The store frees a topic's state this way:
+    /// a subscriber registers before it reads the topic's head, so it never holds a head that
+    /// is freed under it.
+    pub fn free_if_unsubscribed(&self, topic: &str, free: impl FnOnce()) -> bool {
+        let topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if topics.contains_key(topic) {
+            return false;
+        }
+        free();
         true
     }
 

@@ -37,9 +37,11 @@ mod auth;
 mod clock;
 pub mod config;
 mod connection;
+mod forwarded;
 mod http;
 mod hub;
 mod limits;
+mod listener;
 mod metrics;
 mod repository;
 mod retention;
@@ -48,11 +50,9 @@ mod state;
 mod store;
 mod topic;
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use std::time::Instant;
 
 pub use auth::{AuthError, TokenSpec, mint as mint_token};
@@ -60,7 +60,7 @@ pub use config::{Config, ConfigError};
 pub use hub::Delivery;
 pub use repository::{Repository, RepositoryError};
 pub use retention::RetentionRule;
-pub use store::{Committed, Head, Store, StoreError, StoreKind};
+pub use store::{Committed, Head, IdempotencyKey, Page, Row, Store, StoreError, StoreKind};
 
 use state::Shared;
 
@@ -188,31 +188,26 @@ impl Tidings {
 
 /// Serve `app` (which contains `tidings`' router) on `listener` until `signal` resolves,
 /// then shut down gracefully within `shutdown_timeout`. This is what `tidings serve` runs.
+///
+/// HTTP connections get the header-read and idle timeouts and the per-IP cap of the
+/// configuration (see `http_header_timeout`, `http_idle_timeout`,
+/// `max_http_connections_per_ip`), and every request carries the peer's address as
+/// `ConnectInfo<SocketAddr>`, which per-IP limits and `trusted_proxies` rely on.
+///
+/// # Errors
+/// When the listener fails for good (not for one failed connection).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tidings: &Tidings,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
-    let stop = tidings.shared.shutdown.clone();
     let trigger = tidings.clone();
     tokio::spawn(async move {
         signal.await;
         trigger.begin_shutdown();
     });
-    // Small frames must not wait for Nagle's algorithm: without TCP_NODELAY a lone message
-    // can sit up to ~40 ms behind a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut http = tokio::spawn(server.into_future());
+    let mut http = tokio::spawn(listener::run(listener, app, Arc::clone(&tidings.shared)));
     tokio::select! {
         result = &mut http => {
             // The accept loop ended by itself (it only does on an I/O error): stop too.

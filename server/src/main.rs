@@ -52,9 +52,15 @@ struct ServeArgs {
     /// Accept tokens without an `exp` claim. [default: false]
     #[arg(long, env = "TIDINGS_ALLOW_TOKENS_WITHOUT_EXP")]
     allow_tokens_without_exp: Option<bool>,
-    /// Clock skew tolerated on `exp`. [default: 30s]
+    /// Clock skew tolerated on `exp` and `nbf`; a token stays valid until exp + leeway. [default: 30s]
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_parser = humantime::parse_duration)]
     jwt_leeway: Option<Duration>,
+    /// Required `aud`: tokens must name this audience. [default: aud not checked]
+    #[arg(long, env = "TIDINGS_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Required `iss`: tokens must come from this issuer. [default: iss not checked]
+    #[arg(long, env = "TIDINGS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
     /// Messages per second per connection. [default: 100]
     #[arg(long, env = "TIDINGS_RATE_LIMIT")]
     rate_limit: Option<u32>,
@@ -73,9 +79,26 @@ struct ServeArgs {
     /// Open connections in total (more get HTTP 503). [default: 10000]
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Open connections per client IP (more get HTTP 429). [default: 1000]
+    /// Open WebSocket connections per client IP (more get HTTP 429). [default: 1000]
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// HTTP connections per client IP that are not WebSockets (more get 429). [default: 100]
+    #[arg(long, env = "TIDINGS_MAX_HTTP_CONNECTIONS_PER_IP")]
+    max_http_connections_per_ip: Option<usize>,
+    /// Time a client has to send a request's headers (new or keep-alive connection). [default: 30s]
+    #[arg(long, env = "TIDINGS_HTTP_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    http_header_timeout: Option<Duration>,
+    /// Close an HTTP connection (not a WebSocket) on which nothing moves this long. [default: 30s]
+    #[arg(long, env = "TIDINGS_HTTP_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    http_idle_timeout: Option<Duration>,
+    /// Proxy (CIDR or address) whose X-Forwarded-For / Forwarded name the client; repeatable. [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "TIDINGS_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = tidings_server::config::parse_cidr
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Frames queued per connection before it is closed as a slow consumer (4002). [default: 4096]
     #[arg(long, env = "TIDINGS_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
@@ -120,6 +143,9 @@ struct ServeArgs {
     /// Most messages or events in one `history` / `read` reply. [default: 1000]
     #[arg(long, env = "TIDINGS_HISTORY_LIMIT")]
     history_limit: Option<u32>,
+    /// Most bytes of messages in one history/read reply or catch-up page. [default: 4194304]
+    #[arg(long, env = "TIDINGS_MAX_REPLY_BYTES")]
+    max_reply_bytes: Option<usize>,
     /// Close a connection whose socket accepts nothing for this long (4002). [default: 30s]
     #[arg(long, env = "TIDINGS_SLOW_CONSUMER_TIMEOUT", value_parser = humantime::parse_duration)]
     slow_consumer_timeout: Option<Duration>,
@@ -129,7 +155,8 @@ struct ServeArgs {
     /// Key for the backend HTTP API under /api (Authorization: Bearer KEY). [default: API off]
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Development mode: generate a throwaway JWT secret if none is set and log a token.
+    /// Development mode: a throwaway JWT secret (configured keys are ignored), a logged token
+    /// and GET /dev/token. Never in production.
     #[arg(long, env = "TIDINGS_DEV")]
     dev: bool,
     /// Serve the files of this directory at `/` (e.g. the demo page `www/`). [default: none]
@@ -201,10 +228,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or(file.bind)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
     apply_overrides(&mut config, &args);
-    let dev_secret = if args.dev && config.jwt_secret.is_none() && config.jwt_public_keys.is_empty()
-    {
+    // Dev mode mints tokens for anyone at /dev/token, so it must never sign with a real key:
+    // it always runs on its own throwaway secret.
+    let dev_secret = if args.dev {
+        if config.jwt_secret.is_some() || !config.jwt_public_keys.is_empty() {
+            tracing::warn!("dev mode: ignoring the configured JWT keys, using a throwaway secret");
+        }
         let secret = random_secret()?;
         config.jwt_secret = Some(secret.clone());
+        config.jwt_public_keys.clear();
         Some(secret)
     } else {
         None
@@ -221,13 +253,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("bind {bind}"))?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on {addr}");
-        if args.dev {
-            announce_dev(addr, dev_secret.as_deref())?;
+        if let Some(secret) = &dev_secret {
+            announce_dev(addr, secret)?;
         }
         let mut app = tidings.router();
-        if args.dev
-            && let Some(secret) = tidings.config().jwt_secret.clone()
-        {
+        if let Some(secret) = dev_secret {
             app = app.route(
                 "/dev/token",
                 axum::routing::get(move |q| dev_token(q, secret.clone())),
@@ -284,6 +314,15 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
     if !a.allowed_origins.is_empty() {
         config.allowed_origins = a.allowed_origins.clone();
     }
+    if !a.trusted_proxies.is_empty() {
+        config.trusted_proxies = a.trusted_proxies.clone();
+    }
+    if a.jwt_audience.is_some() {
+        config.jwt_audience = a.jwt_audience.clone();
+    }
+    if a.jwt_issuer.is_some() {
+        config.jwt_issuer = a.jwt_issuer.clone();
+    }
     set(
         &mut config.allow_tokens_without_exp,
         &a.allow_tokens_without_exp,
@@ -299,6 +338,13 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
         &mut config.max_connections_per_ip,
         &a.max_connections_per_ip,
     );
+    set(
+        &mut config.max_http_connections_per_ip,
+        &a.max_http_connections_per_ip,
+    );
+    set(&mut config.http_header_timeout, &a.http_header_timeout);
+    set(&mut config.http_idle_timeout, &a.http_idle_timeout);
+    set(&mut config.max_reply_bytes, &a.max_reply_bytes);
     set(&mut config.queue_capacity, &a.queue_capacity);
     set(&mut config.heartbeat_interval, &a.heartbeat_interval);
     set(&mut config.heartbeat_timeout, &a.heartbeat_timeout);
@@ -330,11 +376,7 @@ fn random_secret() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn announce_dev(addr: SocketAddr, secret: Option<&str>) -> anyhow::Result<()> {
-    let Some(secret) = secret else {
-        tracing::info!("dev mode with the configured key");
-        return Ok(());
-    };
+fn announce_dev(addr: SocketAddr, secret: &str) -> anyhow::Result<()> {
     let spec = TokenSpec {
         sub: "dev".into(),
         ttl: Some(Duration::from_secs(24 * 3600)),

@@ -23,7 +23,8 @@ pub struct CodeLabel {
 /// Label for refused connection attempts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Why: `auth`, `origin`, `max_connections`, `max_connections_per_ip`, `shutting_down`.
+    /// Why: `auth`, `origin`, `max_connections`, `max_connections_per_ip`,
+    /// `max_http_connections_per_ip`, `shutting_down`.
     pub reason: &'static str,
 }
 
@@ -59,6 +60,11 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Time from a publish being decoded to its frame sitting in every subscriber's queue.
     pub fanout_seconds: Histogram,
+    /// Topics examined by background retention (it looks only at topics whose writes or
+    /// age made a look necessary, so this grows with the writes, not with the topics).
+    pub retention_checks: Counter,
+    /// Topics the store keeps a head for.
+    pub stored_topics: Gauge,
 }
 
 impl Metrics {
@@ -79,6 +85,8 @@ impl Metrics {
             fanout_seconds: Histogram::new([
                 1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1,
             ]),
+            retention_checks: Counter::default(),
+            stored_topics: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,6 +135,16 @@ impl Metrics {
             "fanout_seconds",
             "Time from decoding a publish to queueing it for every subscriber",
             m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "retention_checks",
+            "Topics examined by background retention",
+            m.retention_checks.clone(),
+        );
+        registry.register(
+            "stored_topics",
+            "Topics the store keeps a head for (holding messages, or subscribed)",
+            m.stored_topics.clone(),
         );
         for code in ErrorCode::ALL {
             // Pre-create every series so dashboards see zeros, not gaps.

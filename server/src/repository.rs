@@ -80,7 +80,7 @@ impl<A: Aggregate> Repository<A> {
             _ => Versioned::default(),
         };
         while current.version < latest {
-            let rows = self.store.read(id, current.version, LOAD_PAGE).await?;
+            let rows = self.store.read(id, current.version, LOAD_PAGE).await?.rows;
             if rows.is_empty() {
                 return Err(EventError::OutOfOrder {
                     expected: current.version + 1,

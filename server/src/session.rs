@@ -18,12 +18,14 @@ use tidings_protocol::client::{Append, Auth, History, Publish, Read, Subscribe, 
 use tidings_protocol::server::{
     Authenticated, Connected, Pong, Published, Subscribed, Unsubscribed,
 };
-use tidings_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Position, ServerMessage};
+use tidings_protocol::{
+    ClientMessage, ErrorCode, MAX_ID_LEN, MAX_REF_LEN, PROTOCOL_VERSION, Position, ServerMessage,
+};
 
 use crate::auth::{Identity, unix_seconds};
 use crate::hub::{Mailbox, Outbound};
 use crate::state::Shared;
-use crate::store::{Command, Reply};
+use crate::store::{Command, IdempotencyKey, Reply};
 use crate::{clock, topic};
 
 /// What the connection glue must do, in order, after a frame.
@@ -74,9 +76,10 @@ impl Session {
         &self.client_id
     }
 
-    /// When the current token expires, if it does.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.identity.expires_at
+    /// Until when the current token is accepted (`exp + leeway`), if it expires: the
+    /// connection is closed with 4001 then.
+    pub fn valid_until(&self) -> Option<SystemTime> {
+        self.identity.valid_until
     }
 
     /// The first frame of the connection.
@@ -91,15 +94,31 @@ impl Session {
     }
 
     /// Handle one text frame, pushing what to do to `out`.
+    ///
+    /// Every error caused by a frame echoes its `ref` when the frame is an object with a
+    /// string `ref` of at most [`MAX_REF_LEN`] bytes, even if nothing else in it decodes.
     pub fn on_text(&mut self, text: &str, out: &mut Vec<Action>) {
         let started = Instant::now();
         self.shared.metrics.messages_in.inc();
         if self.limiter.check().is_err() {
-            return self.fail(out, ErrorCode::RateLimited, "Too many requests", None);
+            return self.fail(
+                out,
+                ErrorCode::RateLimited,
+                "Too many requests",
+                request_ref(text),
+            );
         }
         match ClientMessage::decode(text) {
-            Ok(msg) => self.handle(msg, started, out),
-            Err(e) => self.fail(out, e.code(), e.to_string(), None),
+            Ok(msg) => {
+                if let Some(r) = msg.request_ref()
+                    && r.len() > MAX_REF_LEN
+                {
+                    let message = format!("ref is longer than {MAX_REF_LEN} bytes");
+                    return self.fail(out, ErrorCode::InvalidMessage, message, None);
+                }
+                self.handle(msg, started, out)
+            }
+            Err(e) => self.fail(out, e.code(), e.to_string(), request_ref(text)),
         }
     }
 
@@ -198,14 +217,22 @@ impl Session {
             let is_new = new.contains(name);
             let position = since.get(name);
             let name: Arc<str> = Arc::from(name);
+            // Registered first, the head read after: the store frees the state of a topic
+            // only while nobody is registered (under the hub's lock), so the head read here
+            // cannot belong to a history that is freed and restarted under this subscriber.
+            if is_new {
+                self.shared.hub.subscribe(&name, &self.mailbox);
+                self.subscriptions.insert(Arc::clone(&name));
+            }
             if self.shared.retention.is_ephemeral(&name) {
                 if position.is_some() {
                     recovered.insert(name.to_string(), false);
                 }
             } else if is_new || position.is_some() {
-                // The cursor goes in before the hub registration, the sync after it: every
-                // offset is then either replayed from the store or arrives live, and the
-                // writer drops whatever arrives twice.
+                // The writer learns the cursor (Track) and then reads the store up to the
+                // head (Sync), after these actions are queued. Live frames queued before the
+                // Track are dropped by the writer and re-read by the Sync; later ones pass
+                // the cursor rule. Every offset is then delivered once, in order.
                 let (from, complete) = self.start_position(&name, position);
                 if let Some(complete) = complete {
                     recovered.insert(name.to_string(), complete);
@@ -215,10 +242,6 @@ impl Session {
                     from,
                 }));
                 syncs.push(Arc::clone(&name));
-            }
-            if is_new {
-                self.shared.hub.subscribe(&name, &self.mailbox);
-                self.subscriptions.insert(name);
             }
         }
         out.push(Action::Reply(ServerMessage::Subscribed(Subscribed {
@@ -277,6 +300,10 @@ impl Session {
             let message = format!("token may not publish to {:?}", m.topic);
             return self.fail(out, ErrorCode::Forbidden, message, m.r#ref);
         }
+        if m.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
+            let message = format!("id is longer than {MAX_ID_LEN} bytes");
+            return self.fail(out, ErrorCode::InvalidMessage, message, m.r#ref);
+        }
         if !self.shared.retention.is_ephemeral(&m.topic) {
             let ack = m.r#ref.is_some();
             out.push(Action::Store(Command::Publish {
@@ -284,7 +311,11 @@ impl Session {
                 data: m.data,
                 from: self.client_id.clone(),
                 publisher: Some(self.mailbox.clone()),
-                id: m.id,
+                // Idempotency keys are the user's own: another user's id never matches.
+                id: m.id.map(|id| IdempotencyKey {
+                    scope: format!("user:{}", self.identity.user),
+                    id,
+                }),
                 reply: Reply::Client {
                     mailbox: self.mailbox.clone(),
                     r#ref: m.r#ref,
@@ -379,6 +410,13 @@ impl Session {
     }
 }
 
+/// The `ref` of a frame that could not be handled, if it is an object with a short string
+/// `ref` (read without decoding anything else).
+fn request_ref(text: &str) -> Option<String> {
+    let r = tidings_protocol::decode::envelope(text).ok()?.r#ref?;
+    (r.len() <= MAX_REF_LEN).then(|| r.into_owned())
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         for name in std::mem::take(&mut self.subscriptions) {
@@ -399,10 +437,12 @@ mod tests {
     use crate::config::Config;
     use crate::hub::Outbound;
 
+    const K: &str = "session-test-secret-0123456789abcdef";
+
     fn shared(config: Config) -> Arc<Shared> {
         Arc::new(
             Shared::new(Config {
-                jwt_secret: Some("k".into()),
+                jwt_secret: Some(K.into()),
                 store: crate::config::StoreKind::Memory,
                 ..config
             })
@@ -411,7 +451,7 @@ mod tests {
     }
 
     fn session(shared: &Arc<Shared>, spec: TokenSpec) -> (Session, mpsc::Receiver<Outbound>) {
-        let token = mint("k", &spec).expect("mint");
+        let token = mint(K, &spec).expect("mint");
         let identity = shared.auth.verify(&token).expect("verify");
         let (tx, rx) = mpsc::channel(16);
         let mailbox = Mailbox::new(shared.hub.next_conn_id(), tx, CancellationToken::new());
@@ -667,14 +707,14 @@ mod tests {
         let shared = shared(Config::default());
         let (mut a, _rx) = session(&shared, user("alice"));
         let fresh = mint(
-            "k",
+            K,
             &TokenSpec {
                 ttl: Some(Duration::from_secs(7200)),
                 ..user("alice")
             },
         )
         .expect("mint");
-        let before = a.expires_at();
+        let before = a.valid_until();
         let reply = one(
             &mut a,
             &format!(r#"{{"type":"auth","token":"{fresh}","ref":"a"}}"#),
@@ -683,8 +723,8 @@ mod tests {
             matches!(reply, ServerMessage::Authenticated(_)),
             "{reply:?}"
         );
-        assert!(a.expires_at() > before);
-        let other = mint("k", &user("mallory")).expect("mint");
+        assert!(a.valid_until() > before);
+        let other = mint(K, &user("mallory")).expect("mint");
         let reply = one(&mut a, &format!(r#"{{"type":"auth","token":"{other}"}}"#));
         assert_eq!(error_code(&reply), Some(ErrorCode::Unauthorized));
         let reply = one(&mut a, r#"{"type":"auth","token":"garbage"}"#);

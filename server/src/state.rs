@@ -26,8 +26,10 @@ pub struct Shared {
     pub store: Store,
     /// Which topics are ephemeral, and how long others are kept.
     pub retention: Retention,
-    /// Connection counting (total and per IP).
+    /// WebSocket session counting (total and per IP).
     pub limits: ConnLimits,
+    /// HTTP connections that are not WebSockets, per client IP (see `listener`).
+    pub http_connections: ConnLimits,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when graceful shutdown begins; every session watches it.
@@ -56,8 +58,10 @@ impl Shared {
                 retention: retention.clone(),
                 queue: 8192,
                 dedup_window: config.dedup_window,
+                max_read_bytes: config.max_reply_bytes,
             },
             Arc::clone(&hub),
+            Arc::clone(&metrics),
         )?;
         Ok(Shared {
             auth,
@@ -65,6 +69,7 @@ impl Shared {
             store,
             retention,
             limits: ConnLimits::new(config.max_connections, config.max_connections_per_ip),
+            http_connections: ConnLimits::new(usize::MAX, config.max_http_connections_per_ip),
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

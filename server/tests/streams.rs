@@ -106,7 +106,7 @@ async fn snapshot_plus_replay_equals_full_replay() {
     let from_snapshot = with_snapshots.load("o").await.expect("load");
     let full_replay = without.load("o").await.expect("load");
     // `without` also reads the snapshot; fold the raw events by hand for the real baseline.
-    let rows = tidings.store().read("o", 0, 100).await.expect("read");
+    let rows = tidings.store().read("o", 0, 100).await.expect("read").rows;
     let mut baseline = tidings_protocol::aggregate::Versioned::<Order>::default();
     for row in rows {
         let event: serde_json::Value = serde_json::from_str(row.data.get()).expect("json");

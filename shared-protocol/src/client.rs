@@ -41,7 +41,8 @@ pub enum ClientMessage {
 /// differs, the history the offset refers to is gone and recovery cannot be complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
-    /// The last offset the client has seen (0 = nothing yet).
+    /// The last offset the client has seen (0 = nothing yet); at most [`crate::MAX_POSITION`].
+    #[serde(deserialize_with = "crate::decode::position")]
     pub offset: u64,
     /// The epoch that offset belongs to, if the client knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +114,11 @@ pub struct History {
     /// The durable topic to read.
     pub topic: String,
     /// Return messages with offsets greater than this (default 0: from the start).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decode::opt_position"
+    )]
     pub since: Option<u64>,
     /// At most this many messages (the server caps it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +144,11 @@ pub struct Append {
     /// The stream (a durable topic) to append to.
     pub stream: String,
     /// Absent: append at any version. 0: the stream must not exist yet. n: its version must be n.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decode::opt_position"
+    )]
     pub expected_version: Option<u64>,
     /// The events, appended atomically and in order.
     pub events: Vec<NewEvent>,
@@ -155,7 +164,11 @@ pub struct Read {
     pub stream: String,
     /// Return events with versions greater than this (default 0: all, starting from the
     /// latest snapshot where the server has one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decode::opt_position"
+    )]
     pub from_version: Option<u64>,
     /// Client-chosen id echoed in the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -34,6 +34,10 @@ pub enum ErrorCode {
     NotFound,
     /// A bug or an internal failure; the request may be retried.
     Internal,
+    /// A publish reused an idempotency key (`id`) of the same publisher within the dedup
+    /// window with a different payload: it is refused, never answered with the other
+    /// message's offset.
+    IdempotencyConflict,
     /// A code this build does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -41,7 +45,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server may send, for documentation and metrics pre-registration.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::RateLimited,
         ErrorCode::InvalidMessageType,
         ErrorCode::InvalidMessage,
@@ -54,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::NotFound,
         ErrorCode::Internal,
+        ErrorCode::IdempotencyConflict,
     ];
 
     /// The code as it appears on the wire, e.g. `"RATE_LIMITED"`.
@@ -71,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -94,6 +100,11 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is shutting down; reconnect (to another node if there is one).
     GoingAway,
+    /// 1002: the peer broke the WebSocket protocol (RFC 6455 §7.4.1), e.g. an unmasked
+    /// frame, reserved bits set, or a close frame with a code that may not be sent.
+    ProtocolError,
+    /// 1007: a text frame was not valid UTF-8 (RFC 6455 §8.1).
+    InvalidPayload,
     /// 1008: authentication failed or the token is not acceptable; do not retry with it.
     PolicyViolation,
     /// 1009: a frame exceeded the server's frame limit.
@@ -115,6 +126,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
@@ -129,6 +142,8 @@ impl CloseCode {
         Some(match code {
             1000 => CloseCode::Normal,
             1001 => CloseCode::GoingAway,
+            1002 => CloseCode::ProtocolError,
+            1007 => CloseCode::InvalidPayload,
             1008 => CloseCode::PolicyViolation,
             1009 => CloseCode::MessageTooBig,
             1011 => CloseCode::InternalError,
@@ -144,6 +159,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "bye",
             CloseCode::GoingAway => "server shutting down",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "invalid UTF-8 in a text frame",
             CloseCode::PolicyViolation => "authentication failed",
             CloseCode::MessageTooBig => "frame too large",
             CloseCode::InternalError => "internal error",
@@ -177,7 +194,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in [1000, 1001, 1008, 1009, 1011, 4001, 4002, 4003] {
+        for code in [1000, 1001, 1002, 1007, 1008, 1009, 1011, 4001, 4002, 4003] {
             let c = CloseCode::from_code(code).expect("known code");
             assert_eq!(c.code(), code);
         }

@@ -27,12 +27,25 @@ pub mod server;
 pub use aggregate::{Aggregate, EventError, Versioned};
 pub use client::{ClientMessage, NewEvent, Position};
 pub use codes::{CloseCode, ErrorCode};
-pub use decode::DecodeError;
+pub use decode::{DecodeError, Envelope};
 pub use serde_json::value::RawValue;
 pub use server::ServerMessage;
 
 /// The protocol revision this crate speaks; sent in `connected.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest offset or version a client may send: 2^53 − 1, the largest integer every JSON
+/// implementation holds exactly (I-JSON, RFC 7493 §2.2; JavaScript's `Number.MAX_SAFE_INTEGER`).
+/// Larger values are refused as `INVALID_MESSAGE` (HTTP 400) wherever a position is read.
+pub const MAX_POSITION: u64 = (1 << 53) - 1;
+
+/// The longest `ref` a request may carry, in bytes. Longer ones are refused as
+/// `INVALID_MESSAGE`: a `ref` is echoed in every reply and kept while a request is in flight.
+pub const MAX_REF_LEN: usize = 256;
+
+/// The longest publish `id` (idempotency key), in bytes. It is stored and indexed with the
+/// message, so it is kept short; longer ones are refused as `INVALID_MESSAGE`.
+pub const MAX_ID_LEN: usize = 256;
 
 /// A JSON value kept as the exact text the sender wrote.
 ///

@@ -172,9 +172,12 @@ pub struct HistoryPage {
     pub epoch: String,
     /// Stored messages in offset order, each shaped like a `message` (with `offset`).
     pub messages: Vec<Message>,
-    /// The topic's latest offset (0 when empty): more pages exist if the last message's
-    /// offset is lower.
+    /// The topic's latest offset (0 when empty).
     pub latest: u64,
+    /// True when the page was cut short (by `limit`, the server's history limit or its reply
+    /// byte limit) and later messages are stored: ask again with `since` = the last offset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// `appended`: the events are stored.
@@ -226,6 +229,10 @@ pub struct Events {
     pub snapshot: Option<Snapshot>,
     /// Events after the snapshot (or after `from_version`), in version order.
     pub events: Vec<StoredEvent>,
+    /// True when the page was cut short (by the server's history limit or its reply byte
+    /// limit) and later events are stored: read again with `from_version` = the last version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 impl ServerMessage {

@@ -129,11 +129,18 @@ fn payloads_pass_through_byte_for_byte() {
 
 #[test]
 fn decode_errors_are_precise() {
-    let cases: [(&str, ErrorCode); 7] = [
+    let cases: [(&str, ErrorCode); 10] = [
         ("not json", ErrorCode::InvalidMessage),
         ("[1,2]", ErrorCode::InvalidMessage),
-        (r#"{"topic":"x"}"#, ErrorCode::InvalidMessage),
-        (r#"{"type":42}"#, ErrorCode::InvalidMessage),
+        ("\"publish\"", ErrorCode::InvalidMessage),
+        // An object without a string `type` is an unknown type, as the template answers.
+        (r#"{"topic":"x"}"#, ErrorCode::InvalidMessageType),
+        (r#"{"type":42}"#, ErrorCode::InvalidMessageType),
+        (r#"{"type":null,"ref":"r"}"#, ErrorCode::InvalidMessageType),
+        (
+            r#"{"type":"history","topic":"t","since":9007199254740992}"#,
+            ErrorCode::InvalidMessage,
+        ),
         (r#"{"type":"teleport"}"#, ErrorCode::InvalidMessageType),
         (r#"{"type":"publish","data":1}"#, ErrorCode::InvalidMessage),
         (
@@ -149,4 +156,33 @@ fn decode_errors_are_precise() {
         ClientMessage::decode(r#"{"type":"teleport"}"#),
         Err(DecodeError::UnknownType(t)) if t == "teleport"
     ));
+}
+
+#[test]
+fn positions_are_range_checked_where_they_are_read() {
+    let max = tidings_protocol::MAX_POSITION;
+    let fields = [
+        r#"{"type":"history","topic":"t","since":N}"#,
+        r#"{"type":"read","stream":"s","from_version":N}"#,
+        r#"{"type":"append","stream":"s","expected_version":N,"events":[{"type":"x"}]}"#,
+        r#"{"type":"subscribe","topics":["t"],"since":{"t":{"offset":N}}}"#,
+    ];
+    for template in fields {
+        let ok = template.replace('N', &max.to_string());
+        assert!(ClientMessage::decode(&ok).is_ok(), "{ok}");
+        for bad in [max + 1, u64::MAX] {
+            let text = template.replace('N', &bad.to_string());
+            let err = ClientMessage::decode(&text).expect_err(&text);
+            assert_eq!(err.code(), ErrorCode::InvalidMessage, "{text}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
+        for bad in ["-1", "1.5", "\"7\"", "18446744073709551616"] {
+            let text = template.replace('N', bad);
+            assert_eq!(
+                ClientMessage::decode(&text).expect_err(&text).code(),
+                ErrorCode::InvalidMessage,
+                "{text}"
+            );
+        }
+    }
 }
