@@ -64,6 +64,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let (stop_tx, stop_rx) = oneshot::channel();
     let writer = Writer {
         id: mailbox.id(),
+        client_id: session.client_id().into(),
         sink,
         rx,
         stop_rx,
@@ -409,6 +410,8 @@ enum Failed {
 struct Writer {
     /// This connection (its own publishes are not echoed).
     id: ConnId,
+    /// Its client id, the `from` of the rows it published (not echoed on catch-up either).
+    client_id: Box<str>,
     sink: SplitSink<WebSocket, Message>,
     rx: mpsc::Receiver<Outbound>,
     stop_rx: oneshot::Receiver<Stop>,
@@ -589,6 +592,9 @@ impl Writer {
                     break;
                 }
                 cursor = row.offset;
+                if *row.from == *self.client_id {
+                    continue;
+                }
                 let frame = ServerMessage::Message(message_of(row, &epoch));
                 self.feed(Utf8Bytes::from(frame.encode())).await?;
             }

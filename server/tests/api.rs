@@ -519,3 +519,127 @@ async fn a_body_over_max_message_bytes_is_a_json_413() {
     let small = json!({"topic": "t", "data": "x".repeat(900)});
     assert_eq!(api.post("/api/publish", &small).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn positions_out_of_range_are_400_on_every_route() {
+    let dir = TempDir::new("api-positions");
+    for base in [config(), sqlite_config(&dir)] {
+        let server = start(api_config(base)).await;
+        let api = Api::new(&server);
+        for n in 0..3 {
+            api.post("/api/publish", &json!({"topic": "t", "data": n}))
+                .await;
+        }
+        let (status, _) = api
+            .post("/api/streams/s/events", &json!({"events": [{"type": "x"}]}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        for path in [
+            "/api/topics/t/history?since=18446744073709551615",
+            "/api/topics/t/history?since=9007199254740992",
+            "/api/topics/t/history?since=-1",
+            "/api/streams/s?from_version=18446744073709551615",
+        ] {
+            assert_error(
+                &api.get(path).await,
+                StatusCode::BAD_REQUEST,
+                "INVALID_MESSAGE",
+            );
+        }
+        let over = json!({"expected_version": u64::MAX, "events": [{"type": "x"}]});
+        assert_error(
+            &api.post("/api/streams/s/events", &over).await,
+            StatusCode::BAD_REQUEST,
+            "INVALID_MESSAGE",
+        );
+        let (status, page) = api
+            .get("/api/topics/t/history?since=9007199254740991")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            page["messages"],
+            json!([]),
+            "past the end is nothing, not everything"
+        );
+        let long_id = "i".repeat(tidings_protocol::MAX_ID_LEN + 1);
+        assert_error(
+            &api.post("/api/publish", &json!({"topic": "t", "id": long_id}))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "INVALID_MESSAGE",
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn api_pages_are_bounded_in_bytes_and_say_there_is_more() {
+    let dir = TempDir::new("api-pages");
+    for base in [config(), sqlite_config(&dir)] {
+        let server = start(api_config(Config {
+            max_reply_bytes: 64 * 1024,
+            ..base
+        }))
+        .await;
+        let api = Api::new(&server);
+        let pad = "x".repeat(20 * 1024);
+        for i in 0..7 {
+            api.post(
+                "/api/publish",
+                &json!({"topic": "big", "data": {"i": i, "pad": pad}}),
+            )
+            .await;
+            api.post(
+                "/api/streams/log/events",
+                &json!({"events": [{"type": "e", "data": {"i": i, "pad": pad}}]}),
+            )
+            .await;
+        }
+        let (_, page) = api.get("/api/topics/big/history").await;
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            (page["more"].clone(), page["latest"].clone()),
+            (json!(true), json!(7))
+        );
+        let (_, page) = api.get("/api/topics/big/history?since=6").await;
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+        assert_eq!(page.get("more"), None, "the last page says nothing more");
+        let (_, events) = api.get("/api/streams/log").await;
+        assert_eq!(events["events"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            (events["more"].clone(), events["version"].clone()),
+            (json!(true), json!(7))
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn api_idempotency_keys_are_its_own_and_a_reused_key_is_409() {
+    let dir = TempDir::new("api-idem");
+    let server = start(api_config(sqlite_config(&dir))).await;
+    let api = Api::new(&server);
+    let first = json!({"topic": "orders", "id": "order-42", "data": {"n": 1}});
+    let (status, a) = api.post("/api/publish", &first).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = api.post("/api/publish", &first).await;
+    assert_eq!(
+        again["offset"], a["offset"],
+        "a retry gets the original offset"
+    );
+    let changed = json!({"topic": "orders", "id": "order-42", "data": {"n": 2}});
+    assert_error(
+        &api.post("/api/publish", &changed).await,
+        StatusCode::CONFLICT,
+        "IDEMPOTENCY_CONFLICT",
+    );
+    // A WebSocket client using the same id publishes its own message.
+    let mut c = server.connect("alice").await;
+    let reply = c
+        .request(r#"{"type":"publish","topic":"orders","id":"order-42","data":{"n":9},"ref":"r"}"#)
+        .await;
+    let ServerMessage::Published(p) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(p.offset, Some(2));
+}

@@ -191,3 +191,146 @@ async fn expiry_closes_with_4001_unless_refreshed() {
         ServerMessage::Pong(_)
     ));
 }
+
+/// Connect with `token` and return the `connected` user, or the refusal's status.
+async fn try_connect(server: &TestServer, token: &str) -> Result<Client, u16> {
+    match tokio_tungstenite::connect_async(server.ws_url(token)).await {
+        Ok(_) => Ok(Client::connect(&server.ws_url(token)).await),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn time_claims_follow_rfc_7519_on_the_upgrade_and_in_band() {
+    let server = start(config()).await;
+    let key = SECRET.as_bytes();
+    let n = now();
+    // nbf an hour ahead: refused at the door and by `auth`.
+    let early = hs256(
+        &json!({"sub": "alice", "exp": n + 7200, "nbf": n + 3600}),
+        key,
+    );
+    assert_eq!(try_connect(&server, &early).await.err(), Some(401));
+    // NumericDate is any JSON number.
+    let fractional = hs256(
+        &json!({"sub": "alice", "exp": n as f64 + 3600.5, "iat": n as f64 - 0.25, "nbf": n as f64 - 1.5}),
+        key,
+    );
+    let mut alice = try_connect(&server, &fractional)
+        .await
+        .expect("fractional dates");
+    let reply = alice
+        .request(&json!({"type": "auth", "token": early, "ref": "a1"}).to_string())
+        .await;
+    let ServerMessage::Error(e) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        (e.code, e.r#ref.as_deref()),
+        (tidings_protocol::ErrorCode::Unauthorized, Some("a1"))
+    );
+    // Expiries past any clock: accepted, never a panic, and `expires_at` is a real time.
+    for exp in [json!(u64::MAX), json!(1u64 << 63), json!(1e300)] {
+        let far = hs256(&json!({"sub": "alice", "exp": exp}), key);
+        let mut c = try_connect(&server, &far).await.expect("far-future exp");
+        let reply = c
+            .request(&json!({"type": "auth", "token": far, "ref": "a2"}).to_string())
+            .await;
+        let ServerMessage::Authenticated(a) = reply else {
+            panic!("{reply:?}")
+        };
+        let at = a.expires_at.expect("expires_at");
+        assert!(at > n + 100 * 365 * 86_400 && at < 1u64 << 40, "{at}");
+        assert!(matches!(
+            c.request(r#"{"type":"ping"}"#).await,
+            ServerMessage::Pong(_)
+        ));
+    }
+    // A negative exp is simply expired.
+    let past = hs256(&json!({"sub": "alice", "exp": -1e300}), key);
+    assert_eq!(try_connect(&server, &past).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn a_token_accepted_with_leeway_lives_until_exp_plus_leeway() {
+    let server = start(Config {
+        jwt_leeway: Duration::from_secs(3),
+        ..config()
+    })
+    .await;
+    // Expired a second ago, inside the leeway: accepted, and not closed at once.
+    let token = hs256(
+        &json!({"sub": "alice", "exp": now() - 1}),
+        SECRET.as_bytes(),
+    );
+    let mut c = Client::connect(&server.ws_url(&token)).await;
+    assert!(matches!(
+        c.request(r#"{"type":"ping","ref":"p"}"#).await,
+        ServerMessage::Pong(_)
+    ));
+    // Closed when exp + leeway passes.
+    assert_eq!(c.closed().await, Ended::Close(4001));
+    // Outside the leeway: refused.
+    let old = hs256(
+        &json!({"sub": "alice", "exp": now() - 5}),
+        SECRET.as_bytes(),
+    );
+    assert_eq!(Client::refused(server.ws_url(&old)).await, 401);
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_configured() {
+    let n = now();
+    let key = SECRET.as_bytes();
+    let idp = hs256(
+        &json!({"sub": "alice", "exp": n + 60, "aud": "tidings", "iss": "https://idp.example"}),
+        key,
+    );
+    let other_aud = hs256(
+        &json!({"sub": "alice", "exp": n + 60, "aud": ["billing"], "iss": "https://idp.example"}),
+        key,
+    );
+    let bare = hs256(&json!({"sub": "alice", "exp": n + 60}), key);
+    let open = start(config()).await;
+    for token in [&idp, &other_aud, &bare] {
+        try_connect(&open, token)
+            .await
+            .expect("aud and iss are not checked when unset");
+    }
+    let strict = start(Config {
+        jwt_audience: Some("tidings".into()),
+        jwt_issuer: Some("https://idp.example".into()),
+        ..config()
+    })
+    .await;
+    try_connect(&strict, &idp)
+        .await
+        .expect("matching aud and iss");
+    assert_eq!(try_connect(&strict, &other_aud).await.err(), Some(401));
+    assert_eq!(try_connect(&strict, &bare).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_an_empty_query_token_hides_nothing() {
+    let server = start(config()).await;
+    for (url, header) in [
+        (format!("ws://{}/ws", server.addr), "BEARER"),
+        (format!("ws://{}/ws?token=", server.addr), "bearer"),
+        (format!("ws://{}/ws?token=", server.addr), "Bearer  "),
+    ] {
+        let mut req = url.clone().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Authorization",
+            format!("{header} {}", token("bearer"))
+                .parse()
+                .expect("header"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .unwrap_or_else(|e| panic!("{url} with {header:?}: {e}"));
+        use futures_util::StreamExt;
+        let frame = ws.next().await.expect("frame").expect("ok");
+        assert!(frame.to_text().expect("text").contains("\"connected\""));
+    }
+}

@@ -376,3 +376,215 @@ async fn an_id_is_forgotten_after_the_dedup_window() {
         "after the window the id is new again"
     );
 }
+
+/// The error code and ref of a reply (panics on anything but an error).
+fn error_of(reply: &ServerMessage) -> (ErrorCode, Option<String>) {
+    match reply {
+        ServerMessage::Error(e) => (e.code, e.r#ref.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn positions_out_of_range_are_refused_on_every_websocket_path() {
+    let dir = TempDir::new("positions");
+    for config in [config(), sqlite_config(&dir)] {
+        let server = start(config).await;
+        let mut c = server.connect("alice").await;
+        for i in 0..3 {
+            c.send(&json!({"type":"publish","topic":"t","data":i}).to_string())
+                .await;
+        }
+        c.request(r#"{"type":"append","stream":"s","events":[{"type":"x"}],"ref":"a"}"#)
+            .await;
+        let over = tidings_protocol::MAX_POSITION + 1;
+        for frame in [
+            json!({"type":"history","topic":"t","since":u64::MAX,"ref":"r"}),
+            json!({"type":"history","topic":"t","since":over,"ref":"r"}),
+            json!({"type":"read","stream":"s","from_version":u64::MAX,"ref":"r"}),
+            json!({"type":"append","stream":"s","expected_version":u64::MAX,"events":[{"type":"x"}],"ref":"r"}),
+            json!({"type":"subscribe","topics":["t"],"since":{"t":{"offset":u64::MAX}},"ref":"r"}),
+        ] {
+            let reply = c.request(&frame.to_string()).await;
+            assert_eq!(
+                error_of(&reply),
+                (ErrorCode::InvalidMessage, Some("r".into())),
+                "{frame}"
+            );
+        }
+        // The largest valid position is simply past the end: nothing, not everything.
+        let reply = c
+            .request(
+                &json!({"type":"history","topic":"t","since":tidings_protocol::MAX_POSITION})
+                    .to_string(),
+            )
+            .await;
+        let ServerMessage::History(page) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(page.messages.is_empty());
+        assert_eq!((page.latest, page.more), (3, false));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn history_and_read_pages_are_bounded_in_bytes_and_say_there_is_more() {
+    let dir = TempDir::new("pages");
+    for base in [config(), sqlite_config(&dir)] {
+        let server = start(Config {
+            max_reply_bytes: 64 * 1024,
+            ..base
+        })
+        .await;
+        let mut c = server.connect("alice").await;
+        let pad = "x".repeat(20 * 1024);
+        for i in 0..10 {
+            c.send(&json!({"type":"publish","topic":"big","data":{"i":i,"pad":pad}}).to_string())
+                .await;
+            c.send(
+                &json!({"type":"append","stream":"log","events":[{"type":"e","data":{"i":i,"pad":pad}}]})
+                    .to_string(),
+            )
+            .await;
+        }
+        // Every append is acknowledged; publishes without ref are not, but are committed first.
+        for _ in 0..10 {
+            let reply = c.recv().await;
+            assert!(matches!(reply, ServerMessage::Appended(_)), "{reply:?}");
+        }
+        // history: three 20 KiB messages per 64 KiB page, then page on.
+        let mut since = 0;
+        let mut got = Vec::new();
+        loop {
+            let frame = json!({"type":"history","topic":"big","since":since,"ref":"h"});
+            let ServerMessage::History(page) = c.request(&frame.to_string()).await else {
+                panic!()
+            };
+            assert!(page.messages.len() <= 3, "{} messages", page.messages.len());
+            got.extend(page.messages.iter().map(|m| m.offset.expect("offset")));
+            since = *got.last().expect("a page holds at least one message");
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(got, (1..=10).collect::<Vec<_>>());
+        // read: the same bound, paged with from_version.
+        let mut from = 0;
+        let mut versions = Vec::new();
+        loop {
+            let frame = json!({"type":"read","stream":"log","from_version":from,"ref":"r"});
+            let ServerMessage::Events(page) = c.request(&frame.to_string()).await else {
+                panic!()
+            };
+            assert!(page.events.len() <= 3);
+            versions.extend(page.events.iter().map(|e| e.version));
+            from = *versions.last().expect("events");
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(versions, (1..=10).collect::<Vec<_>>());
+        // A resubscribe from 0 replays all ten through bounded catch-up reads.
+        let mut s = server.connect("bob").await;
+        let reply = s
+            .request(r#"{"type":"subscribe","topics":["big"],"since":{"big":{"offset":0}}}"#)
+            .await;
+        assert!(matches!(reply, ServerMessage::Subscribed(_)), "{reply:?}");
+        for expected in 1..=10 {
+            assert_eq!(next_message(&mut s).await, (expected, expected - 1));
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_user_and_a_reused_key_is_a_conflict() {
+    let dir = TempDir::new("idem-scope");
+    for config in [config(), sqlite_config(&dir)] {
+        let server = start(config).await;
+        let mut watcher = server.connect("watcher").await;
+        watcher.subscribe(&["chat"]).await;
+        let mut mallory = server.connect("mallory").await;
+        let mut alice = server.connect("alice").await;
+        let forged =
+            r#"{"type":"publish","topic":"chat","id":"order-42","data":"forged","ref":"m"}"#;
+        let ServerMessage::Published(m) = mallory.request(forged).await else {
+            panic!()
+        };
+        let real = r#"{"type":"publish","topic":"chat","id":"order-42","data":"real","ref":"a"}"#;
+        let ServerMessage::Published(a) = alice.request(real).await else {
+            panic!()
+        };
+        assert_eq!((m.offset, a.offset), (Some(1), Some(2)), "two messages");
+        let ServerMessage::Published(again) = alice.request(real).await else {
+            panic!()
+        };
+        assert_eq!(again.offset, Some(2), "alice's retry is her message");
+        let reuse = r#"{"type":"publish","topic":"chat","id":"order-42","data":"other","ref":"b"}"#;
+        assert_eq!(
+            error_of(&alice.request(reuse).await),
+            (ErrorCode::IdempotencyConflict, Some("b".into()))
+        );
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let ServerMessage::Message(msg) = watcher.recv().await else {
+                panic!()
+            };
+            seen.push(msg.data.get().to_owned());
+        }
+        assert_eq!(seen, ["\"forged\"", "\"real\""]);
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_is_not_closed_by_its_own_ack() {
+    const TOTAL: u64 = 1000;
+    let server = start(Config {
+        queue_capacity: 2,
+        slow_consumer_timeout: Duration::from_secs(30),
+        rate_limit: 1_000_000,
+        rate_burst: 1_000_000,
+        ..config()
+    })
+    .await;
+    let mut lazy = Client::connect_small_buffer(&server, "lazy").await;
+    lazy.subscribe(&["t"]).await;
+    let mut p = server.connect("p").await;
+    // 8 MB the lazy reader does not read yet: its socket and its queue (2 items) fill up.
+    let pad = "z".repeat(8 * 1024);
+    for i in 0..TOTAL {
+        p.send(&json!({"type":"publish","topic":"t","data":{"i":i,"pad":pad}}).to_string())
+            .await;
+    }
+    let ServerMessage::Pong(_) = p.request(r#"{"type":"ping"}"#).await else {
+        panic!()
+    };
+    p.request(r#"{"type":"publish","topic":"t","data":{"i":-1},"ref":"flush"}"#)
+        .await;
+    // Now the lagging subscriber publishes with a ref: the ack must wait, not close it.
+    lazy.send(r#"{"type":"publish","topic":"t","data":{"i":-2},"ref":"mine"}"#)
+        .await;
+    let mut offsets = Vec::new();
+    let mut acked = None;
+    while offsets.len() < TOTAL as usize + 1 || acked.is_none() {
+        match lazy.recv().await {
+            ServerMessage::Message(m) => offsets.push(m.offset.expect("offset")),
+            ServerMessage::Published(a) => {
+                assert_eq!(a.r#ref.as_deref(), Some("mine"));
+                acked = a.offset;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(offsets, (1..=TOTAL + 1).collect::<Vec<_>>());
+    assert_eq!(acked, Some(TOTAL + 2));
+    let reply = lazy.request(r#"{"type":"ping"}"#).await;
+    assert!(matches!(reply, ServerMessage::Pong(_)), "{reply:?}");
+    let metrics = server.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("tidings_slow_consumer_closes_total 0\n"),
+        "{metrics}"
+    );
+}

@@ -298,3 +298,86 @@ async fn backend_publishes_through_the_library_and_router_nests() {
     );
     assert!(tidings.publish("", &1).await.is_err());
 }
+
+#[tokio::test]
+async fn every_error_caused_by_a_frame_with_a_ref_echoes_it() {
+    let server = start(Config {
+        rate_limit: 1,
+        rate_burst: 30,
+        ..config()
+    })
+    .await;
+    let mut c = server.connect("eve").await;
+    let long = "r".repeat(tidings_protocol::MAX_REF_LEN + 1);
+    let long_id = "i".repeat(tidings_protocol::MAX_ID_LEN + 1);
+    let cases: Vec<(String, ErrorCode, Option<&str>)> = vec![
+        // Template clients switch on INVALID_MESSAGE_TYPE for objects without a string type.
+        (
+            r#"{"topic":"x"}"#.into(),
+            ErrorCode::InvalidMessageType,
+            None,
+        ),
+        (
+            r#"{"topic":"x","ref":"t1"}"#.into(),
+            ErrorCode::InvalidMessageType,
+            Some("t1"),
+        ),
+        (
+            r#"{"type":5,"ref":"t2"}"#.into(),
+            ErrorCode::InvalidMessageType,
+            Some("t2"),
+        ),
+        (
+            r#"{"type":"warp","ref":"t3"}"#.into(),
+            ErrorCode::InvalidMessageType,
+            Some("t3"),
+        ),
+        (
+            r#"{"type":"publish","ref":"t4"}"#.into(),
+            ErrorCode::InvalidMessage,
+            Some("t4"),
+        ),
+        (
+            r#"{"type":"subscribe","topics":"chat","ref":"t5"}"#.into(),
+            ErrorCode::InvalidMessage,
+            Some("t5"),
+        ),
+        (r#"[{"ref":"t6"}]"#.into(), ErrorCode::InvalidMessage, None),
+        (
+            format!(r#"{{"type":"ping","ref":"{long}"}}"#),
+            ErrorCode::InvalidMessage,
+            None,
+        ),
+        (
+            format!(r#"{{"type":"publish","topic":"t","id":"{long_id}","ref":"t7"}}"#),
+            ErrorCode::InvalidMessage,
+            Some("t7"),
+        ),
+        (
+            r#"{"type":"history","topic":"","ref":"t8"}"#.into(),
+            ErrorCode::InvalidTopic,
+            Some("t8"),
+        ),
+    ];
+    for (text, code, r) in &cases {
+        let reply = c.request(text).await;
+        let ServerMessage::Error(e) = &reply else {
+            panic!("{text} -> {reply:?}")
+        };
+        assert_eq!((e.code, e.r#ref.as_deref()), (*code, *r), "{text}");
+    }
+    // Past the burst, RATE_LIMITED echoes the ref of the frame it dropped.
+    let mut limited = None;
+    for i in 0..40 {
+        let reply = c
+            .request(&format!(r#"{{"type":"ping","ref":"p{i}"}}"#))
+            .await;
+        if let ServerMessage::Error(e) = reply {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            limited = Some((i, e.r#ref));
+            break;
+        }
+    }
+    let (i, r) = limited.expect("rate limited within 40 pings");
+    assert_eq!(r, Some(format!("p{i}")));
+}
