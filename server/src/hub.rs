@@ -573,4 +573,38 @@ mod tests {
         let d = hub.publish(None, "server", "t".into(), data("1"), Instant::now());
         assert_eq!(d.queued, 0);
     }
+
+    #[test]
+    fn replies_wait_beside_a_full_queue_in_order_and_only_too_many_overflow() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (m, mut rx) = mailbox(&hub, 2);
+        let overflow = m.overflow.clone();
+        m.offer_reply("r0".into());
+        m.offer_reply("r1".into());
+        // The queue is full: replies wait beside it, in order, and nothing overflows.
+        for i in 2..(MIN_PENDING + 2) {
+            m.offer_reply(format!("r{i}").into());
+        }
+        assert!(!overflow.is_cancelled());
+        let waiting: Vec<String> = m.pending().take().iter().map(|f| f.to_string()).collect();
+        assert_eq!(waiting.len(), MIN_PENDING);
+        assert_eq!(waiting.first().map(String::as_str), Some("r2"));
+        assert_eq!(
+            waiting.last().map(String::as_str),
+            Some(&*format!("r{}", MIN_PENDING + 1))
+        );
+        assert!(m.pending().take().is_empty(), "taken once");
+        // With nothing waiting any more, a reply goes straight into the queue.
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "r0"));
+        m.offer_reply("late".into());
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "r1"));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "late"));
+        // Past the bound the connection is a slow consumer.
+        m.offer_reply("a".into());
+        m.offer_reply("b".into());
+        for _ in 0..=MIN_PENDING {
+            m.offer_reply("more".into());
+        }
+        assert!(overflow.is_cancelled());
+    }
 }

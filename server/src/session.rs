@@ -741,57 +741,208 @@ mod tests {
         assert_eq!(shared.hub.topic_count(), 0);
     }
 
-    #[test]
-    fn arbitrary_input_never_panics_and_gets_at_most_one_reply() {
-        let shared = shared(Config {
-            rate_limit: 1_000_000,
-            rate_burst: 1_000_000,
-            ..Config::default()
-        });
-        let (mut s, _rx) = session(&shared, user("fuzz"));
-        let pieces = [
-            "{",
-            "}",
-            "[",
-            "]",
-            "\"type\"",
-            ":",
-            ",",
-            "\"publish\"",
-            "\"subscribe\"",
-            "\"topics\"",
-            "\"topic\"",
-            "\"data\"",
-            "\"since\"",
-            "null",
-            "1e999",
-            "-0",
-            "\"\\u0000\"",
-            "\"ref\"",
-            "\"\\ud800\"",
-            "true",
-            "{\"offset\":18446744073709551616}",
-            "\u{1F600}",
-            " ",
+    /// Property tests: whatever a client sends, the session never panics, answers at most
+    /// one reply, answers exactly the documented error for frames that cannot be handled
+    /// (echoing their `ref`), and the connection stays usable.
+    mod props {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        const KNOWN: [&str; 8] = [
+            "subscribe",
+            "unsubscribe",
+            "publish",
+            "ping",
+            "auth",
+            "history",
+            "append",
+            "read",
         ];
-        // A fixed-seed xorshift keeps the run reproducible.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..20_000 {
-            let mut text = String::new();
-            let len = 1 + (state % 12) as usize;
-            for _ in 0..len {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
-            }
-            let mut out = Vec::new();
-            s.on_text(&text, &mut out);
-            assert!(replies(out).len() <= 1, "{text}");
+
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                ".{0,8}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                    prop::collection::btree_map(".{0,5}", inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
         }
-        assert!(matches!(
-            one(&mut s, r#"{"type":"ping"}"#),
-            ServerMessage::Pong(_)
-        ));
+
+        /// A known or almost known type with plausible, edge and random fields.
+        fn near_valid() -> impl Strategy<Value = Value> {
+            let value = prop_oneof![
+                Just(json!("chat")),
+                Just(json!("")),
+                Just(json!(["chat", "news", "x"])),
+                Just(json!(["a\u{0}"])),
+                Just(json!({"chat": {"offset": 2}})),
+                Just(json!({"chat": {"offset": u64::MAX}})),
+                Just(json!(tidings_protocol::MAX_POSITION)),
+                Just(json!(u64::MAX)),
+                Just(json!([{"type": "e", "data": 1}])),
+                Just(json!([])),
+                Just(json!("r".repeat(300))),
+                any_json(),
+            ];
+            let field = prop::sample::select(vec![
+                "topic",
+                "topics",
+                "data",
+                "ref",
+                "id",
+                "since",
+                "limit",
+                "stream",
+                "events",
+                "expected_version",
+                "from_version",
+                "token",
+            ]);
+            let kind = prop_oneof![
+                prop::sample::select(KNOWN.to_vec()).prop_map(Value::from),
+                Just(json!("warp")),
+                Just(json!(3)),
+            ];
+            (
+                prop::option::of(kind),
+                prop::collection::btree_map(field, value, 0..5),
+            )
+                .prop_map(|(kind, fields)| {
+                    let mut object: serde_json::Map<String, Value> =
+                        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                    if let Some(kind) = kind {
+                        object.insert("type".into(), kind);
+                    }
+                    Value::Object(object)
+                })
+        }
+
+        /// The documented answer for a frame that cannot be handled, if that is decided
+        /// before any field is looked at: the error code and the ref it echoes.
+        fn expected_error(text: &str) -> Option<(ErrorCode, Option<String>)> {
+            let Ok(value) = serde_json::from_str::<Value>(text) else {
+                return Some((ErrorCode::InvalidMessage, None));
+            };
+            let object = match value.as_object() {
+                Some(object) => object,
+                None => return Some((ErrorCode::InvalidMessage, None)),
+            };
+            let r#ref = object
+                .get("ref")
+                .and_then(Value::as_str)
+                .filter(|r| r.len() <= MAX_REF_LEN)
+                .map(str::to_owned);
+            match object.get("type").and_then(Value::as_str) {
+                Some(kind) if KNOWN.contains(&kind) => None,
+                _ => Some((ErrorCode::InvalidMessageType, r#ref)),
+            }
+        }
+
+        fn run(s: &mut Session, text: &str) -> Result<(), TestCaseError> {
+            let mut out = Vec::new();
+            s.on_text(text, &mut out);
+            let answers = replies(out);
+            prop_assert!(answers.len() <= 1, "{} -> {:?}", text, answers);
+            if let Some((code, r#ref)) = expected_error(text) {
+                let Some(ServerMessage::Error(e)) = answers.first() else {
+                    return Err(TestCaseError::fail(format!("{text} -> {answers:?}")));
+                };
+                prop_assert_eq!((e.code, &e.r#ref), (code, &r#ref), "{}", text);
+            }
+            if let Some(ServerMessage::Error(e)) = answers.first() {
+                // An error for a known type is one of the documented request errors, and
+                // echoes the ref when the frame carried a short string one.
+                prop_assert!(
+                    matches!(
+                        e.code,
+                        ErrorCode::InvalidMessage
+                            | ErrorCode::InvalidMessageType
+                            | ErrorCode::InvalidTopic
+                            | ErrorCode::TooManySubscriptions
+                            | ErrorCode::Unauthorized
+                    ),
+                    "{} -> {:?}",
+                    text,
+                    e
+                );
+                if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(text)
+                    && let Some(r) = o.get("ref").and_then(Value::as_str)
+                    && r.len() <= MAX_REF_LEN
+                {
+                    prop_assert_eq!(e.r#ref.as_deref(), Some(r), "{}", text);
+                }
+            }
+            // The connection is still usable.
+            let mut out = Vec::new();
+            s.on_text(r#"{"type":"ping","ref":"alive"}"#, &mut out);
+            let pong = replies(out);
+            prop_assert!(
+                matches!(pong.as_slice(), [ServerMessage::Pong(p)] if p.r#ref.as_deref() == Some("alive")),
+                "after {}: {:?}",
+                text,
+                pong
+            );
+            Ok(())
+        }
+
+        /// A fresh session per case, on one server instance for all of them.
+        fn session_for_props() -> (Session, mpsc::Receiver<Outbound>) {
+            static SHARED: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
+            let shared = SHARED.get_or_init(|| {
+                shared(Config {
+                    rate_limit: 1_000_000,
+                    rate_burst: 1_000_000,
+                    max_subscriptions: 4,
+                    ..Config::default()
+                })
+            });
+            session(shared, user("fuzz"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+                let (mut s, _rx) = session_for_props();
+                run(&mut s, &String::from_utf8_lossy(&bytes))?;
+            }
+
+            #[test]
+            fn arbitrary_json(value in any_json()) {
+                let (mut s, _rx) = session_for_props();
+                run(&mut s, &value.to_string())?;
+            }
+
+            #[test]
+            fn near_valid_messages(values in prop::collection::vec(near_valid(), 1..6)) {
+                // Several frames on one connection, so state (subscriptions) carries over.
+                let (mut s, _rx) = session_for_props();
+                for value in values {
+                    run(&mut s, &value.to_string())?;
+                }
+            }
+
+            #[test]
+            fn spliced_json_tokens(pieces in prop::collection::vec(prop::sample::select(vec![
+                "{", "}", "[", "]", "\"type\"", ":", ",", "\"publish\"", "\"subscribe\"",
+                "\"topics\"", "\"topic\"", "\"data\"", "\"since\"", "null", "1e999", "-0",
+                "\"\\u0000\"", "\"ref\"", "\"\\ud800\"", "true", "{\"offset\":18446744073709551616}",
+                "\u{1F600}", " ",
+            ]), 1..14)) {
+                let (mut s, _rx) = session_for_props();
+                run(&mut s, &pieces.concat())?;
+            }
+        }
     }
 }

@@ -389,3 +389,139 @@ async fn kill_9_mid_stream_loses_nothing_that_was_acknowledged() {
         (last_acked + 1..=stored.len() as u64).collect::<Vec<_>>()
     );
 }
+
+/// Run `tidings serve` with `args` and env `TIDINGS_*` pairs; it must refuse to start.
+/// Returns its stderr.
+fn refused_to_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--store", "memory"])
+        .args(args)
+        .env_remove("TIDINGS_JWT_SECRET")
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "started with {args:?} {env:?}: {stderr}"
+    );
+    stderr
+}
+
+/// Flags, environment, and a phrase the refusal must contain.
+type Refusal = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[test]
+fn configuration_that_cannot_work_is_refused_at_start() {
+    let cases: [Refusal; 6] = [
+        (
+            &["--jwt-secret", SECRET, "--dedup-window", "60y"],
+            &[],
+            "dedup_window",
+        ),
+        (
+            &["--jwt-secret", SECRET, "--retention-max-age", "100y"],
+            &[],
+            "retention_max_age",
+        ),
+        (
+            &["--jwt-secret", SECRET, "--heartbeat-interval", "1000y"],
+            &[],
+            "heartbeat_interval",
+        ),
+        (
+            &["--jwt-secret", SECRET, "--queue-capacity", "0"],
+            &[],
+            "queue_capacity",
+        ),
+        (&[], &[("TIDINGS_JWT_SECRET", "a")], "openssl rand -hex 32"),
+        (
+            &["--jwt-secret", "short-but-not-32-bytes"],
+            &[],
+            "at least 32",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let stderr = refused_to_start(args, env);
+        assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_never_signs_with_a_real_secret() {
+    let mut server = {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--dev",
+                "--store",
+                "memory",
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .args(["--jwt-secret", SECRET])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            addr: String::new(),
+            lines,
+        }
+    };
+    server.wait_for_line("ignoring the configured JWT keys");
+    let line = server.wait_for_line("dev token");
+    let url = line.split_whitespace().last().expect("url").to_owned();
+    let base = url
+        .split("/ws")
+        .next()
+        .expect("base")
+        .replace("ws://", "http://");
+    let minted: serde_json::Value = reqwest::get(format!("{base}/dev/token?sub=admin"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let token = minted["token"].as_str().expect("token");
+    // The minted token is not signed with the real secret...
+    let real = tidings_server::Tidings::new(tidings_server::Config {
+        jwt_secret: Some(SECRET.into()),
+        store: tidings_server::StoreKind::Memory,
+        ..tidings_server::Config::default()
+    })
+    .expect("a server with the real secret");
+    let app = real.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = tidings_server::serve(listener, app, &real, std::future::pending()).await;
+    });
+    assert_eq!(
+        Client::refused(format!("ws://{addr}/ws?token={token}")).await,
+        401,
+        "a dev token must not open a server that uses the real secret"
+    );
+    // ...and tokens signed with the real secret do not open the dev server.
+    let ws = url.split("?token=").next().expect("ws url");
+    assert_eq!(
+        Client::refused(format!("{ws}?token={}", mint("admin"))).await,
+        401
+    );
+}

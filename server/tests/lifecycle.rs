@@ -159,3 +159,54 @@ async fn health_and_metrics_report_the_server() {
         "fan-out latency histogram is exported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_while_the_store_cannot_write() {
+    let dir = TempDir::new("degraded");
+    let server = start(sqlite_config(&dir)).await;
+    let mut c = server.connect("alice").await;
+    let ok = c
+        .request(r#"{"type":"publish","topic":"t","data":1,"ref":"p1"}"#)
+        .await;
+    assert!(matches!(ok, ServerMessage::Published(_)), "{ok:?}");
+    // Another process takes the database's write lock and keeps it past the busy timeout.
+    let other = rusqlite::Connection::open(dir.0.join("tidings.db")).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let failed = c
+        .request(r#"{"type":"publish","topic":"t","data":2,"ref":"p2"}"#)
+        .await;
+    let ServerMessage::Error(e) = failed else {
+        panic!("{failed:?}")
+    };
+    assert_eq!(
+        (e.code, e.r#ref.as_deref()),
+        (tidings_protocol::ErrorCode::Unavailable, Some("p2"))
+    );
+    let response = server.get("/health").await;
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "degraded");
+    assert!(
+        body["store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("locked")),
+        "{body}"
+    );
+    // The lock goes away: a probe write finds out, health is back, writes work.
+    other.execute_batch("COMMIT").expect("unlock");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.get("/health").await.status() != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let ok = c
+        .request(r#"{"type":"publish","topic":"t","data":3,"ref":"p3"}"#)
+        .await;
+    let ServerMessage::Published(p) = ok else {
+        panic!("{ok:?}")
+    };
+    assert_eq!(p.offset, Some(2), "nothing of the failed batch was written");
+}
