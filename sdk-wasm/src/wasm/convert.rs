@@ -188,6 +188,7 @@ pub fn reply(r: &Reply) -> JsValue {
             set(&o, "epoch", &JsValue::from_str(&p.epoch));
             set(&o, "messages", &to_js(&p.messages));
             set(&o, "latest", &JsValue::from_f64(p.latest as f64));
+            set(&o, "more", &JsValue::from_bool(p.more));
             o
         }
         Reply::Appended { stream, version } => {

@@ -53,6 +53,9 @@ export interface HistoryPage {
   epoch: string;
   messages: TidingsMessage[];
   latest: number;
+  /** true when the page was cut short (by `limit` or the server's byte bound) and later
+   *  messages are stored: ask again with `since` = the last message's offset. */
+  more: boolean;
 }
 
 export interface PublishAck {
