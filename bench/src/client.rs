@@ -289,8 +289,11 @@ pub const PING_FRAME: &str = r#"{"type":"ping"}"#;
 /// (or as short as the header allows, if that is longer).
 #[derive(Debug, Clone)]
 pub struct PublishFrames {
-    /// `{"type":"publish","topic":"...","data":` — the part before `data`.
+    /// `{"type":"publish","topic":"...",` — the part before `id` and `data`.
     prefix: String,
+    /// With `Some(tag)`, every frame carries a unique idempotency key `"{tag}-{p}-{seq}"`
+    /// (as the SDK sends on every publish).
+    id_tag: Option<String>,
     /// Publisher index, written into every payload.
     publisher: u32,
     /// Target length of the serialized `data` value.
@@ -302,10 +305,17 @@ impl PublishFrames {
     pub fn new(topic: &str, publisher: u32, payload_bytes: usize) -> Self {
         let topic_json = serde_json::Value::from(topic).to_string();
         PublishFrames {
-            prefix: format!(r#"{{"type":"publish","topic":{topic_json},"data":"#),
+            prefix: format!(r#"{{"type":"publish","topic":{topic_json},"#),
+            id_tag: None,
             publisher,
             payload_bytes,
         }
+    }
+
+    /// Give every frame a unique `id` starting with `tag`.
+    pub fn with_ids(mut self, tag: &str) -> Self {
+        self.id_tag = Some(tag.to_owned());
+        self
     }
 
     /// The frame for sequence number `seq` sent at `t_ns`.
@@ -313,6 +323,10 @@ impl PublishFrames {
         use std::fmt::Write;
         let mut out = String::with_capacity(self.prefix.len() + self.payload_bytes + 32);
         out.push_str(&self.prefix);
+        if let Some(tag) = &self.id_tag {
+            let _ = write!(out, r#""id":"{tag}-{}-{seq}","#, self.publisher);
+        }
+        out.push_str(r#""data":"#);
         let data_start = out.len();
         let _ = write!(
             out,
@@ -364,6 +378,21 @@ mod tests {
         assert!(Target::parse("ws://example.com:80/ws", "s").is_err());
         assert!(Target::parse("wss://127.0.0.1:80/ws", "s").is_err());
         assert!(Target::parse("ws://127.0.0.1/ws", "s").is_err());
+    }
+
+    #[test]
+    fn publish_frames_with_ids_carry_a_unique_key() {
+        let f = PublishFrames::new("t", 3, 100).with_ids("run7");
+        let a = f.frame(1, 0);
+        let Ok(tidings_protocol::ClientMessage::Publish(p)) =
+            tidings_protocol::ClientMessage::decode(&a)
+        else {
+            panic!("{a}")
+        };
+        assert_eq!(p.id.as_deref(), Some("run7-3-1"));
+        let v: serde_json::Value = serde_json::from_str(&a).expect("json");
+        assert_eq!(v["data"].to_string().len(), 100);
+        assert_ne!(f.frame(2, 0), a);
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub struct FanoutArgs {
     /// Topic name (default: a fresh one per run).
     #[arg(long)]
     pub topic: Option<String>,
+
+    /// Give every publish a unique idempotency `id`, as the SDK does (the server then checks
+    /// each against the ids it remembers).
+    #[arg(long)]
+    pub ids: bool,
 }
 
 /// Counters shared by publishers and subscribers while messages flow.
@@ -471,7 +476,10 @@ async fn publisher(
 ) -> PubResult {
     let (mut sink, stream) = ws.split();
     let reader = tokio::spawn(count_errors(stream, flow.clone()));
-    let frames = PublishFrames::new(&topic, idx, a.payload_bytes);
+    let mut frames = PublishFrames::new(&topic, idx, a.payload_bytes);
+    if a.ids {
+        frames = frames.with_ids(&format!("r{}", run.run_id));
+    }
     // Per-publisher interval between messages when paced.
     let interval = (a.rate > 0.0).then(|| a.publishers as f64 / a.rate);
     let low_water = window - window / 4;

@@ -198,6 +198,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(args) => {
+            // A token signed with a secret the server refuses would never work.
+            if args.jwt_secret.len() < tidings_server::MIN_SECRET_BYTES {
+                return Err(tidings_server::ConfigError::WeakSecret {
+                    len: args.jwt_secret.len(),
+                }
+                .into());
+            }
             let spec = TokenSpec {
                 sub: args.sub,
                 ttl: (!args.ttl.is_zero()).then_some(args.ttl),

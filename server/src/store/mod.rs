@@ -386,19 +386,27 @@ impl Heads {
 /// Whether the store can write, for `/health`.
 #[derive(Default)]
 pub struct Health {
+    /// Set while `error` holds one: the writer checks it after every commit without locking.
+    failing: AtomicBool,
     /// The last write (or probe) failed with this error; cleared by the next success.
-    failing: Mutex<Option<String>>,
+    error: Mutex<Option<String>>,
     /// The writer thread died: nothing will be written any more.
     stopped: AtomicBool,
 }
 
 impl Health {
     fn failed(&self, error: &StoreError) {
-        *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+        self.failing.store(true, Ordering::Release);
     }
 
+    /// Clear a failure; returns whether there was one.
     fn recovered(&self) -> bool {
-        self.failing
+        if !self.failing.load(Ordering::Acquire) {
+            return false;
+        }
+        self.failing.store(false, Ordering::Release);
+        self.error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -406,18 +414,18 @@ impl Health {
     }
 
     fn is_failing(&self) -> bool {
-        self.failing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.failing.load(Ordering::Acquire)
     }
 
     /// `Ok` while writes work; otherwise why not.
+    ///
+    /// # Errors
+    /// The reason writes fail.
     pub fn check(&self) -> Result<(), String> {
         if self.stopped.load(Ordering::Acquire) {
             return Err("the store writer stopped; restart the server".into());
         }
-        match &*self.failing.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*self.error.lock().unwrap_or_else(PoisonError::into_inner) {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
