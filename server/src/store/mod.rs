@@ -898,7 +898,10 @@ mod tests {
                 .await
                 .expect("publish");
             assert_eq!(f.store.topic_count(), 2001);
-            eventually("the topics to be freed", || f.store.topic_count() == 1).await;
+            eventually("the topics to be freed and `kept` emptied", || {
+                f.store.topic_count() == 1 && f.store.head("kept").is_some_and(|h| h.is_empty())
+            })
+            .await;
             let kept = f
                 .store
                 .head("kept")
