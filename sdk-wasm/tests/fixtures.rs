@@ -28,7 +28,27 @@ fn fixture(name: &str) -> Value {
 }
 
 fn drain(core: &mut Core) -> Vec<Action> {
-    std::iter::from_fn(|| core.poll_action()).collect()
+    let mut out: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    // The shell runs a scheduled flush as a microtask, right after the call.
+    if out.iter().any(|a| matches!(a, Action::ScheduleFlush)) {
+        core.handle(CTX, Input::Flush);
+        out.extend(std::iter::from_fn(|| core.poll_action()));
+    }
+    out
+}
+
+/// The `ref` of the first frame sent among `actions`.
+fn first_ref(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { frame, .. } => serde_json::from_str::<Value>(frame).ok(),
+            _ => None,
+        })
+        .expect("a frame was sent")["ref"]
+        .as_str()
+        .expect("ref")
+        .to_owned()
 }
 
 /// A core connected through the given `connected` fixture.
@@ -137,17 +157,7 @@ fn recovered_subscription_is_reported() {
         epoch: Some("e1a2b3".into()),
     };
     core.subscribe(CTX, "chat", Some(since)).expect("subscribe");
-    let sent = drain(&mut core);
-    let r = sent
-        .iter()
-        .find_map(|a| match a {
-            Action::Send { frame, .. } => serde_json::from_str::<Value>(frame).ok(),
-            _ => None,
-        })
-        .expect("subscribe frame")["ref"]
-        .as_str()
-        .expect("ref")
-        .to_owned();
+    let r = first_ref(&drain(&mut core));
     let out = feed(&mut core, socket, &with_ref("subscribed_recovered.json", r));
     assert!(out.iter().any(|a| matches!(
         a,
@@ -201,4 +211,44 @@ fn replies_settle_their_requests() {
     );
     feed(&mut core, socket, &fixture("authenticated.json"));
     assert_eq!(core.state().as_str(), "connected");
+}
+
+#[test]
+fn a_partly_refused_subscribe_fails_only_the_refused_topic() {
+    let (mut core, socket) = connected("connected.json");
+    let ok = core.subscribe(CTX, "ok.a", None).expect("subscribe");
+    let secret = core.subscribe(CTX, "secret.b", None).expect("subscribe");
+    let r = first_ref(&drain(&mut core));
+    let out = feed(&mut core, socket, &with_ref("subscribed_partial.json", r));
+    let failed: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SubscriptionFailed { sub, error } => Some((*sub, error.code())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(secret, "FORBIDDEN")]);
+    assert_eq!(core.topic_of(ok), Some("ok.a"));
+    assert_eq!(core.positions()["ok.a"].offset, 41, "its start position");
+}
+
+#[test]
+fn an_idempotency_conflict_and_a_page_with_more_reach_their_requests() {
+    let (mut core, socket) = connected("connected.json");
+    let raw = serde_json::value::RawValue::from_string("1".into()).expect("json");
+    let p = core.publish(CTX, "chat", raw).expect("publish");
+    let h = core.history(CTX, "big", None, None).expect("history");
+    drain(&mut core);
+    let out = feed(
+        &mut core,
+        socket,
+        &with_ref("error_idempotency.json", p.wire_ref()),
+    );
+    assert!(out.iter().any(|x| matches!(x, Action::Reject { request, error } if *request == p && error.code() == "IDEMPOTENCY_CONFLICT")));
+    let out = feed(
+        &mut core,
+        socket,
+        &with_ref("history_more.json", h.wire_ref()),
+    );
+    assert!(out.iter().any(|x| matches!(x, Action::Resolve { request, reply: Reply::History(page) } if *request == h && page.more)));
 }

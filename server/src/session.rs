@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tidings_protocol::client::{Append, Auth, History, Publish, Read, Subscribe, Unsubscribe};
 use tidings_protocol::server::{
-    Authenticated, Connected, Pong, Published, Subscribed, Unsubscribed,
+    Authenticated, Connected, Pong, Published, Refusal, Subscribed, Unsubscribed,
 };
 use tidings_protocol::{
     ClientMessage, ErrorCode, MAX_ID_LEN, MAX_REF_LEN, PROTOCOL_VERSION, Position, ServerMessage,
@@ -90,6 +90,7 @@ impl Session {
             protocol: Some(PROTOCOL_VERSION),
             heartbeat_ms: Some(self.shared.config.heartbeat_interval.as_millis() as u64),
             user: Some(self.identity.user.clone()),
+            max_message_bytes: Some(self.shared.config.max_message_bytes as u64),
         })
     }
 
@@ -175,48 +176,50 @@ impl Session {
         None
     }
 
-    fn subscribe(&mut self, m: Subscribe, out: &mut Vec<Action>) {
-        // Validate everything first: a request either subscribes to all its topics or to none.
-        for name in &m.topics {
-            if let Err(e) = topic::validate(name, &self.shared.config) {
-                return self.fail(
-                    out,
-                    ErrorCode::InvalidTopic,
-                    format!("{e}: {name:?}"),
-                    m.r#ref,
-                );
-            }
-            if !self.identity.subscribe.allows(name) {
-                return self.fail(
-                    out,
-                    ErrorCode::Forbidden,
-                    format!("token may not subscribe to {name:?}"),
-                    m.r#ref,
-                );
-            }
+    /// Why `name` cannot be subscribed by this connection, if it cannot.
+    fn refuse_subscribe(&self, name: &str) -> Option<Refusal> {
+        if let Err(e) = topic::validate(name, &self.shared.config) {
+            return Some(Refusal {
+                code: ErrorCode::InvalidTopic,
+                message: format!("{e}: {name:?}"),
+            });
         }
-        let new: BTreeSet<&str> = m
-            .topics
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !self.subscriptions.contains(*t))
-            .collect();
+        if !self.identity.subscribe.allows(name) {
+            return Some(Refusal {
+                code: ErrorCode::Forbidden,
+                message: format!("token may not subscribe to {name:?}"),
+            });
+        }
         let max = self.shared.config.max_subscriptions;
-        if self.subscriptions.len() + new.len() > max {
-            return self.fail(
-                out,
-                ErrorCode::TooManySubscriptions,
-                format!("at most {max} subscriptions per connection"),
-                m.r#ref,
-            );
+        if !self.subscriptions.contains(name) && self.subscriptions.len() >= max {
+            return Some(Refusal {
+                code: ErrorCode::TooManySubscriptions,
+                message: format!("at most {max} subscriptions per connection"),
+            });
         }
-        let since = m.since.unwrap_or_default();
+        None
+    }
+
+    /// Each topic of the request is answered on its own: the ones that may be subscribed are,
+    /// the others are listed in `subscribed.refused` with their code (in name order, so with
+    /// the subscription limit the first names fit). A request for a single topic that is
+    /// refused gets an `error`, as it always did.
+    fn subscribe(&mut self, m: Subscribe, out: &mut Vec<Action>) {
+        let requested: BTreeSet<&str> = m.topics.iter().map(String::as_str).collect();
+        let since = m.since.as_ref();
+        let mut refused = BTreeMap::new();
         let mut recovered = BTreeMap::new();
+        let mut positions = BTreeMap::new();
         let mut syncs = Vec::new();
-        for name in m.topics.iter().map(String::as_str).collect::<BTreeSet<_>>() {
-            let is_new = new.contains(name);
-            let position = since.get(name);
-            let name: Arc<str> = Arc::from(name);
+        for name in &requested {
+            if let Some(refusal) = self.refuse_subscribe(name) {
+                self.shared.metrics.error(refusal.code);
+                refused.insert((*name).to_owned(), refusal);
+                continue;
+            }
+            let is_new = !self.subscriptions.contains(*name);
+            let position = since.and_then(|s| s.get(*name));
+            let name: Arc<str> = Arc::from(*name);
             // Registered first, the head read after: the store frees the state of a topic
             // only while nobody is registered (under the hub's lock), so the head read here
             // cannot belong to a history that is freed and restarted under this subscriber.
@@ -233,20 +236,33 @@ impl Session {
                 // head (Sync), after these actions are queued. Live frames queued before the
                 // Track are dropped by the writer and re-read by the Sync; later ones pass
                 // the cursor rule. Every offset is then delivered once, in order.
-                let (from, complete) = self.start_position(&name, position);
+                let (start, complete) = self.start_position(&name, position);
                 if let Some(complete) = complete {
                     recovered.insert(name.to_string(), complete);
                 }
                 out.push(Action::Mark(Outbound::Track {
                     topic: Arc::clone(&name),
-                    from,
+                    from: start.offset,
                 }));
+                positions.insert(name.to_string(), start);
                 syncs.push(Arc::clone(&name));
             }
+        }
+        if requested.len() == 1
+            && let Some((_, refusal)) = refused.pop_first()
+        {
+            out.push(Action::Reply(ServerMessage::error(
+                refusal.code,
+                refusal.message,
+                m.r#ref,
+            )));
+            return;
         }
         out.push(Action::Reply(ServerMessage::Subscribed(Subscribed {
             topics: self.subscriptions.iter().map(|t| t.to_string()).collect(),
             recovered: (!recovered.is_empty()).then_some(recovered),
+            positions: (!positions.is_empty()).then_some(positions),
+            refused: (!refused.is_empty()).then_some(refused),
             r#ref: m.r#ref,
         })));
         for topic in syncs {
@@ -254,27 +270,30 @@ impl Session {
         }
     }
 
-    /// Where delivery of a durable topic starts, and (when the client asked to resume)
-    /// whether the resume is complete.
-    fn start_position(&self, name: &str, position: Option<&Position>) -> (u64, Option<bool>) {
+    /// Where delivery of a durable topic starts (the last position the client is taken to
+    /// have), and (when the client asked to resume) whether the resume is complete.
+    fn start_position(&self, name: &str, position: Option<&Position>) -> (Position, Option<bool>) {
         let head = self.shared.store.head(name);
-        let latest = head.as_ref().map_or(0, |h| h.latest);
+        let at = |offset: u64| Position {
+            offset,
+            epoch: head.as_ref().map(|h| h.epoch.clone()),
+        };
         let Some(position) = position else {
-            return (latest, None);
+            return (at(head.as_ref().map_or(0, |h| h.latest)), None);
         };
-        let Some(head) = head else {
+        let Some(h) = &head else {
             // Nothing was ever stored here: complete only if the client has nothing either.
-            return (0, Some(position.offset == 0));
+            return (at(0), Some(position.offset == 0));
         };
-        let same_history = position.epoch.as_deref().is_none_or(|e| e == head.epoch);
-        if !same_history || position.offset > head.latest {
+        let same_history = position.epoch.as_deref().is_none_or(|e| e == h.epoch);
+        if !same_history || position.offset > h.latest {
             // The history the client's offset refers to is gone: deliver from now on.
-            (head.latest, Some(false))
-        } else if position.offset + 1 < head.first {
+            (at(h.latest), Some(false))
+        } else if position.offset + 1 < h.first {
             // Part of what was missed has been trimmed: deliver what is left.
-            (head.first - 1, Some(false))
+            (at(h.first - 1), Some(false))
         } else {
-            (position.offset, Some(true))
+            (at(position.offset), Some(true))
         }
     }
 
@@ -628,10 +647,6 @@ mod tests {
                 ErrorCode::InvalidTopic,
             ),
             (
-                r#"{"type":"subscribe","topics":["a","b","c"]}"#,
-                ErrorCode::TooManySubscriptions,
-            ),
-            (
                 r#"{"type":"history","topic":"","ref":"h"}"#,
                 ErrorCode::InvalidTopic,
             ),
@@ -652,6 +667,47 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_topic_subscribe_is_answered_per_topic() {
+        let shared = shared(Config {
+            max_subscriptions: 2,
+            ..Config::default()
+        });
+        let spec = TokenSpec {
+            subscribe: vec!["ok.*".into()],
+            ..user("bob")
+        };
+        let (mut s, _rx) = session(&shared, spec);
+        let ServerMessage::Subscribed(sub) = one(
+            &mut s,
+            r#"{"type":"subscribe","topics":["ok.a","secret.b","","ok.b","ok.c"],"ref":"r"}"#,
+        ) else {
+            panic!("expected subscribed")
+        };
+        assert_eq!(sub.topics, ["ok.a", "ok.b"]);
+        assert_eq!(sub.r#ref.as_deref(), Some("r"));
+        let refused = sub.refused.expect("refused");
+        let codes: Vec<(&str, ErrorCode)> =
+            refused.iter().map(|(t, r)| (t.as_str(), r.code)).collect();
+        assert_eq!(
+            codes,
+            [
+                ("", ErrorCode::InvalidTopic),
+                ("ok.c", ErrorCode::TooManySubscriptions),
+                ("secret.b", ErrorCode::Forbidden),
+            ]
+        );
+        let positions = sub.positions.expect("positions");
+        assert_eq!(positions.get("ok.a").map(|p| p.offset), Some(0));
+        assert!(!positions.contains_key("secret.b"));
+        // One topic refused on its own is an error, as it always was.
+        let reply = one(
+            &mut s,
+            r#"{"type":"subscribe","topics":["secret.b"],"ref":"x"}"#,
+        );
+        assert_eq!(error_code(&reply), Some(ErrorCode::Forbidden));
+    }
+
+    #[test]
     fn token_patterns_are_enforced() {
         let shared = shared(Config::default());
         let spec = TokenSpec {
@@ -661,7 +717,7 @@ mod tests {
         };
         let (mut s, _rx) = session(&shared, spec);
         let forbidden = [
-            r#"{"type":"subscribe","topics":["public.a","private"]}"#,
+            r#"{"type":"subscribe","topics":["private"]}"#,
             r#"{"type":"publish","topic":"public.news","data":1}"#,
         ];
         for text in forbidden {

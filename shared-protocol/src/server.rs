@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Json};
+use crate::{ErrorCode, Json, Position};
 
 /// Any message the server may send, tagged by `"type"`.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +56,10 @@ pub struct Connected {
     /// The authenticated identity (`sub` or `user_id` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The largest frame the server reads, in bytes: a larger one closes the connection with
+    /// 1009, so a client checks its requests against it before sending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
 }
 
 /// `subscribed`: template field `topics` (every topic the connection is now subscribed to).
@@ -66,9 +70,28 @@ pub struct Subscribed {
     /// For topics subscribed with `since`: whether every missed message was replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<BTreeMap<String, bool>>,
+    /// For the durable topics of this request: the position delivery starts after (the
+    /// client's `since`, or the topic's latest offset when it gave none). A client that
+    /// reconnects resumes from there, so nothing published in between is missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<BTreeMap<String, Position>>,
+    /// Topics of this request that were not subscribed, each with why; the others were. A
+    /// request for one topic that is refused gets an `error` instead, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<BTreeMap<String, Refusal>>,
     /// Echo of the request's `ref`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
+}
+
+/// Why one topic of a `subscribe` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The code an `error` for this topic alone would carry (`FORBIDDEN`, `INVALID_TOPIC`,
+    /// `TOO_MANY_SUBSCRIPTIONS`).
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
 }
 
 /// `unsubscribed`: template field `topics` (the subscriptions that remain).

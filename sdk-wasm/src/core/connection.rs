@@ -6,6 +6,10 @@
 
 use super::backoff::Backoff;
 
+/// A connection counts as a success (the backoff starts over) only once it has lasted this
+/// long: one that the server closes at once, say because of one bad request, keeps backing off.
+pub const STABLE_MS: u64 = 5_000;
+
 /// The connection state applications see (`onStateChange`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
@@ -58,6 +62,8 @@ pub enum Phase {
     Connected {
         /// The socket.
         socket: SocketId,
+        /// When (monotonic ms).
+        since: u64,
     },
     /// Waiting before the next attempt; `None` while the browser says it is offline.
     Waiting {
@@ -120,7 +126,7 @@ impl Connection {
     /// The socket events are accepted from.
     pub fn socket(&self) -> Option<SocketId> {
         match self.phase {
-            Phase::Opening { socket, .. } | Phase::Connected { socket } => Some(socket),
+            Phase::Opening { socket, .. } | Phase::Connected { socket, .. } => Some(socket),
             _ => None,
         }
     }
@@ -174,17 +180,16 @@ impl Connection {
         }
     }
 
-    /// The server sent `connected` on `socket`. Returns false if that was unexpected.
-    pub fn established(&mut self, socket: SocketId) -> bool {
+    /// The server sent `connected` on `socket` at `now`. Returns false if that was unexpected.
+    pub fn established(&mut self, socket: SocketId, now: u64) -> bool {
         match self.phase {
             Phase::Opening {
                 socket: s,
                 open: true,
                 ..
             } if s == socket => {
-                self.phase = Phase::Connected { socket };
+                self.phase = Phase::Connected { socket, since: now };
                 self.ever_connected = true;
-                self.backoff.reset();
                 true
             }
             _ => false,
@@ -195,8 +200,14 @@ impl Connection {
     /// attempt never connected). While `online` is false, wait for [`Connection::resume`]
     /// instead of a timer. Returns the delay.
     pub fn failed(&mut self, now: u64, random: f64, online: bool) -> u64 {
-        if !matches!(self.phase, Phase::Connected { .. }) {
-            self.url_index = (self.url_index + 1) % self.urls.len().max(1);
+        match self.phase {
+            // A connection that lasted: start the backoff over.
+            Phase::Connected { since, .. } if now.saturating_sub(since) >= STABLE_MS => {
+                self.backoff.reset();
+            }
+            // One that died at once keeps backing off, on the same URL.
+            Phase::Connected { .. } => {}
+            _ => self.url_index = (self.url_index + 1) % self.urls.len().max(1),
         }
         let delay = self.backoff.next_delay(random);
         self.phase = Phase::Waiting {
@@ -245,15 +256,15 @@ mod tests {
         assert_eq!(c.state(), ConnectionState::Connecting);
         let s = c.open(0);
         assert_eq!(c.deadline(), Some(10_000));
-        assert!(!c.established(s), "not open yet");
+        assert!(!c.established(s, 0), "not open yet");
         assert!(c.opened(s));
-        assert!(c.established(s));
+        assert!(c.established(s, 0));
         assert_eq!(c.state(), ConnectionState::Connected);
         assert!(c.is_connected());
         assert_eq!(c.deadline(), None);
-        c.failed(100, 0.5, true);
+        c.failed(STABLE_MS, 0.5, true);
         assert_eq!(c.state(), ConnectionState::Reconnecting);
-        assert_eq!(c.deadline(), Some(350));
+        assert_eq!(c.deadline(), Some(STABLE_MS + 250));
         assert_eq!(
             c.url(),
             "ws://a",
@@ -270,7 +281,7 @@ mod tests {
         assert!(!c.is_current(s1));
         assert!(c.is_current(s2));
         assert!(!c.opened(s1));
-        assert!(!c.established(s1));
+        assert!(!c.established(s1, 1));
     }
 
     #[test]
@@ -302,5 +313,27 @@ mod tests {
         assert_eq!(c.state(), ConnectionState::Closed);
         assert_eq!(c.deadline(), None);
         assert_eq!(ConnectionState::Closed.as_str(), "closed");
+    }
+
+    #[test]
+    fn only_a_connection_that_lasted_resets_the_backoff() {
+        let mut c = conn(&["ws://a"]);
+        for _ in 0..3 {
+            let s = c.open(0);
+            c.failed(0, 1.0, true);
+            let _ = s;
+        }
+        assert_eq!(c.attempt(), 3);
+        // Connected, then closed at once (one bad request, say): the backoff keeps growing.
+        let s = c.open(100);
+        c.opened(s);
+        c.established(s, 100);
+        assert_eq!(c.failed(200, 1.0, true), 4_000);
+        assert_eq!(c.url(), "ws://a");
+        // Connected for longer than STABLE_MS: the next delay starts over.
+        let s = c.open(10_000);
+        c.opened(s);
+        c.established(s, 10_000);
+        assert_eq!(c.failed(10_000 + STABLE_MS, 1.0, true), 500);
     }
 }

@@ -41,6 +41,15 @@ pub enum SdkError {
     /// `getToken` failed or returned something that is not a token.
     #[error("getToken failed: {0}")]
     TokenProvider(String),
+    /// The request is larger than the server accepts (its `max_message_bytes`, announced in
+    /// `connected`, or learned from a 1009 close); it was not sent (again).
+    #[error("the request is {bytes} bytes, larger than the server accepts{}", limit.map(|l| format!(" ({l} bytes)")).unwrap_or_default())]
+    TooLarge {
+        /// The encoded request's size.
+        bytes: usize,
+        /// The server's limit, when known.
+        limit: Option<usize>,
+    },
 }
 
 impl SdkError {
@@ -55,6 +64,7 @@ impl SdkError {
             SdkError::InvalidArgument(_) => "INVALID_ARGUMENT",
             SdkError::Unauthorized(_) => "UNAUTHORIZED",
             SdkError::TokenProvider(_) => "TOKEN_PROVIDER",
+            SdkError::TooLarge { .. } => "MESSAGE_TOO_LARGE",
         }
     }
 
@@ -93,6 +103,13 @@ mod tests {
             (SdkError::InvalidArgument("x".into()), "INVALID_ARGUMENT"),
             (SdkError::Unauthorized("x".into()), "UNAUTHORIZED"),
             (SdkError::TokenProvider("x".into()), "TOKEN_PROVIDER"),
+            (
+                SdkError::TooLarge {
+                    bytes: 9,
+                    limit: Some(8),
+                },
+                "MESSAGE_TOO_LARGE",
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.code(), code);

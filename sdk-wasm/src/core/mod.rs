@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tidings_protocol::client::{self, Ping};
 use tidings_protocol::server::{Events, HistoryPage, Message};
-use tidings_protocol::{ClientMessage, CloseCode, Json, ServerMessage};
+use tidings_protocol::{ClientMessage, CloseCode, ErrorCode, Json, ServerMessage};
 pub use tidings_protocol::{NewEvent, Position};
 
 pub use backoff::Backoff;
@@ -48,6 +48,14 @@ pub use subscriptions::{SubEvent, SubId, Subscriptions};
 /// The close code the client uses when it gives up on a socket itself (liveness or connect
 /// timeout). Browsers only let scripts send 1000 or 3000–4999.
 pub const CLIENT_TIMEOUT_CLOSE: u16 = 4000;
+
+/// How often an application request the server answered `RATE_LIMITED` is sent again before
+/// it is rejected with that code. Subscriptions are retried until they are answered.
+pub const RATE_LIMIT_RETRIES: u32 = 5;
+
+/// The first wait before sending a rate-limited request again (ms); it doubles with every
+/// further `RATE_LIMITED`, up to the reconnect backoff's ceiling, with jitter.
+pub const RATE_LIMIT_FIRST_DELAY_MS: u64 = 1_000;
 
 /// Settings of a client; the wasm layer fills them from the JS options.
 ///
@@ -145,6 +153,8 @@ pub enum Input {
     Offline,
     /// The page became visible again (`visibilitychange`).
     Visible,
+    /// The shell's answer to [`Action::ScheduleFlush`]: the current task is over.
+    Flush,
 }
 
 /// A successful reply to an application request.
@@ -205,6 +215,9 @@ pub enum Action {
     },
     /// Disarm the timer.
     CancelTimer,
+    /// Feed [`Input::Flush`] once the current task is done (a microtask): subscriptions made
+    /// in one task go to the server in one `subscribe`.
+    ScheduleFlush,
     /// Call `getToken` and report the result with [`Input::Token`].
     FetchToken,
     /// The connection state changed.
@@ -276,6 +289,14 @@ pub struct Core {
     reported: ConnectionState,
     /// The timer deadline last armed.
     armed: Option<u64>,
+    /// The largest frame the server reads (from `connected`, or learned from a 1009 close).
+    max_frame: Option<usize>,
+    /// An [`Action::ScheduleFlush`] is out and its [`Input::Flush`] not back yet.
+    flush_scheduled: bool,
+    /// When to subscribe again the topics the server rate-limited.
+    subscribe_retry_at: Option<u64>,
+    /// `RATE_LIMITED` answers to subscribes in a row.
+    subscribe_attempt: u32,
     actions: VecDeque<Action>,
 }
 
@@ -301,6 +322,10 @@ impl Core {
             online: true,
             reported: ConnectionState::Connecting,
             armed: None,
+            max_frame: None,
+            flush_scheduled: false,
+            subscribe_retry_at: None,
+            subscribe_attempt: 0,
             actions: VecDeque::new(),
             config,
         })
@@ -395,26 +420,29 @@ impl Core {
                 Phase::Connected { .. } => self.probe(ctx),
                 _ => {}
             },
+            Input::Flush => {
+                self.flush_scheduled = false;
+                self.subscribe_unsent(ctx);
+            }
         }
         self.finish();
     }
 
     /// Listen to `topic`. `since`: resume after this position (replaying what was missed),
-    /// honoured when the topic is new to this client.
+    /// honoured when the topic is new to this client. New topics go to the server together,
+    /// in one `subscribe`, when the current task is done ([`Action::ScheduleFlush`]).
     pub fn subscribe(
         &mut self,
-        ctx: Ctx,
+        _ctx: Ctx,
         topic: &str,
         since: Option<Position>,
     ) -> Result<SubId, SdkError> {
         self.check_open()?;
         check_name("topic", topic)?;
         let (id, is_new) = self.subs.add(topic, since);
-        if is_new && self.conn.is_connected() {
-            self.send_baseline(ctx, topic);
-            let since = self.subs.mark_sent(topic);
-            let since = since.map(|p| one_topic(topic.to_owned(), p));
-            self.send_subscribe(ctx, vec![topic.to_owned()], since);
+        if is_new && self.conn.is_connected() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            self.actions.push_back(Action::ScheduleFlush);
         }
         self.finish();
         Ok(id)
@@ -450,7 +478,7 @@ impl Core {
             id: Some(publish_id(&self.config.instance_id, self.publish_seq)),
             r#ref: Some(request.wire_ref()),
         });
-        let frame = match encode(&msg) {
+        let frame = match encode(&msg).and_then(|f| self.check_size(f)) {
             Ok(f) => f,
             Err(e) => {
                 self.requests.forget(request);
@@ -542,9 +570,19 @@ impl Core {
         if self.config.token_provider {
             self.conn.fetch_token(ctx.now);
             self.actions.push_back(Action::FetchToken);
-        } else {
-            self.open_socket(ctx);
+            return;
         }
+        // A fixed token past its `exp` is dead: the server refuses the upgrade (HTTP 401),
+        // which a browser cannot tell from a network failure, so retrying would loop forever.
+        if let Some(exp) = self.token.as_deref().and_then(token::jwt_expiry)
+            && token::expired(exp, ctx.unix_ms)
+        {
+            let why =
+                format!("the token expired at {exp} (Unix seconds); pass getToken to renew tokens");
+            self.shut_down(Some(SdkError::Unauthorized(why)), 0, "");
+            return;
+        }
+        self.open_socket(ctx);
     }
 
     fn open_socket(&mut self, ctx: Ctx) {
@@ -564,6 +602,16 @@ impl Core {
         match self.conn.phase() {
             Phase::FetchingToken { .. } => match result {
                 Ok(t) => {
+                    if let Some(exp) = token::jwt_expiry(&t)
+                        && token::expired(exp, ctx.unix_ms)
+                    {
+                        // Asking the server would only get a 401: ask getToken again later.
+                        let e = format!("getToken returned a token that expired at {exp}");
+                        self.actions
+                            .push_back(Action::Error(SdkError::TokenProvider(e)));
+                        self.lost(ctx);
+                        return;
+                    }
                     self.token = Some(t);
                     self.open_socket(ctx);
                 }
@@ -598,6 +646,9 @@ impl Core {
     }
 
     fn on_closed(&mut self, ctx: Ctx, code: u16, reason: String) {
+        if code == CloseCode::MessageTooBig.code() {
+            self.reject_too_big_in_flight();
+        }
         match CloseCode::from_code(code) {
             Some(CloseCode::Normal) => self.shut_down(None, 1000, ""),
             Some(CloseCode::PolicyViolation | CloseCode::TokenExpired) => {
@@ -621,9 +672,12 @@ impl Core {
     fn on_message(&mut self, ctx: Ctx, socket: SocketId, message: ServerMessage) {
         match message {
             ServerMessage::Connected(c) => {
-                if self.conn.established(socket) {
+                if self.conn.established(socket, ctx.now) {
                     if let Some(hb) = c.heartbeat_ms.filter(|hb| *hb > 0) {
                         self.liveness.set_server_heartbeat(hb);
+                    }
+                    if let Some(max) = c.max_message_bytes {
+                        self.max_frame = Some(usize::try_from(max).unwrap_or(usize::MAX));
                     }
                     let exp = self.token.as_deref().and_then(token::jwt_expiry);
                     self.schedule_refresh(ctx, exp);
@@ -642,9 +696,28 @@ impl Core {
                         .filter(|t| s.topics.contains(t))
                         .collect(),
                 };
+                self.subscribe_attempt = 0;
+                // Each topic on its own: the server subscribes the ones it may and lists the
+                // others in `refused`.
                 for topic in topics {
-                    let recovered = s.recovered.as_ref().and_then(|m| m.get(&topic).copied());
-                    let events = self.subs.on_subscribed(&topic, recovered);
+                    let events = match s.refused.as_ref().and_then(|m| m.get(&topic)) {
+                        Some(refusal) => {
+                            let error = SdkError::Server {
+                                code: refusal.code,
+                                message: refusal.message.clone(),
+                                current_version: None,
+                            };
+                            self.subs.on_subscribe_error(&topic, &error)
+                        }
+                        None => {
+                            if let Some(p) = s.positions.as_ref().and_then(|m| m.get(&topic)) {
+                                self.subs.set_baseline(&topic, p);
+                            }
+                            let recovered =
+                                s.recovered.as_ref().and_then(|m| m.get(&topic).copied());
+                            self.subs.on_subscribed(&topic, recovered)
+                        }
+                    };
                     self.apply(ctx, events);
                 }
             }
@@ -653,6 +726,9 @@ impl Core {
                 self.apply(ctx, events);
             }
             ServerMessage::Error(e) => {
+                if e.code == ErrorCode::RateLimited && self.retry_later(ctx, e.r#ref.as_deref()) {
+                    return;
+                }
                 let wire_ref = e.r#ref.clone();
                 let error = SdkError::from(e);
                 match self.requests.complete(wire_ref.as_deref()) {
@@ -704,13 +780,13 @@ impl Core {
                     self.schedule_refresh(ctx, exp);
                 }
             }
-            ServerMessage::History(h) => match self.requests.complete(h.r#ref.as_deref()) {
-                Some((request, RequestKind::History)) => self.resolve(request, Reply::History(h)),
-                Some((_, RequestKind::Baseline(topic))) => {
-                    self.subs.set_baseline(&topic, h.latest, &h.epoch);
+            ServerMessage::History(h) => {
+                if let Some((request, RequestKind::History)) =
+                    self.requests.complete(h.r#ref.as_deref())
+                {
+                    self.resolve(request, Reply::History(h));
                 }
-                _ => {}
-            },
+            }
             ServerMessage::Appended(a) => {
                 if let Some((request, RequestKind::Append)) =
                     self.requests.complete(a.r#ref.as_deref())
@@ -751,7 +827,7 @@ impl Core {
                 self.lost(ctx);
             }
             Phase::Waiting { retry_at: Some(at) } if now >= at => self.begin_attempt(ctx),
-            Phase::Connected { socket } => {
+            Phase::Connected { socket, .. } => {
                 match self.liveness.on_timer(now) {
                     Verdict::Alive => {}
                     Verdict::SendPing => {
@@ -773,13 +849,49 @@ impl Core {
             _ => {}
         }
         for (request, kind) in self.requests.expired(now) {
-            if kind.is_user() {
-                self.outbox.remove(request);
-                self.actions.push_back(Action::Reject {
-                    request,
-                    error: SdkError::Timeout(self.requests.timeout_ms()),
-                });
+            match kind {
+                kind if kind.is_user() => {
+                    self.outbox.remove(request);
+                    self.actions.push_back(Action::Reject {
+                        request,
+                        error: SdkError::Timeout(self.requests.timeout_ms()),
+                    });
+                }
+                // No answer to a subscribe: send it again (a dead socket is the liveness
+                // check's to find; a lost reply must not leave topics silently unsubscribed).
+                RequestKind::Subscribe(topics) => {
+                    for topic in &topics {
+                        self.subs.mark_unsent(topic);
+                    }
+                    self.subscribe_unsent(ctx);
+                }
+                // An unanswered refresh is tried again a little later.
+                RequestKind::Auth => {
+                    self.refresh_at = Some(now + self.config.min_delay_ms.max(1_000));
+                }
+                _ => {}
             }
+        }
+        if self.subscribe_retry_at.is_some_and(|at| at <= now) {
+            self.subscribe_retry_at = None;
+            self.subscribe_unsent(ctx);
+        }
+        let mut resend_outbox = false;
+        for (request, kind, frame) in self.requests.due_retries(now) {
+            match (kind, frame) {
+                (RequestKind::Publish, _) => resend_outbox = true,
+                (_, Some(frame)) if self.conn.is_connected() => {
+                    self.send_frame(ctx, frame);
+                    self.requests.sent(request, now);
+                }
+                (_, Some(frame)) => self.requests.queue(request, frame),
+                (_, None) => {
+                    self.requests.forget(request);
+                }
+            }
+        }
+        if resend_outbox && self.conn.is_connected() {
+            self.flush_outbox(ctx);
         }
     }
 
@@ -788,23 +900,117 @@ impl Core {
     /// The server said `connected`: restore subscriptions (with `since` where we have a
     /// position), resend unacknowledged publishes, send requests queued while offline.
     fn on_connected(&mut self, ctx: Ctx) {
-        let topics = self.subs.unsent();
-        if !topics.is_empty() {
-            for t in &topics {
-                self.send_baseline(ctx, t);
-            }
-            let mut since = BTreeMap::new();
-            for t in &topics {
-                if let Some(p) = self.subs.mark_sent(t) {
-                    since.insert(t.clone(), p);
-                }
-            }
-            self.send_subscribe(ctx, topics, (!since.is_empty()).then_some(since));
-        }
+        self.subscribe_retry_at = None;
+        self.subscribe_unsent(ctx);
         self.flush_outbox(ctx);
+        if let Some(limit) = self.max_frame {
+            for (request, bytes) in self.requests.too_large(limit) {
+                self.requests.forget(request);
+                self.reject_too_large(request, bytes);
+            }
+        }
         for (id, frame) in self.requests.take_queued() {
             self.send_frame(ctx, frame);
             self.requests.sent(id, ctx.now);
+        }
+    }
+
+    /// Send one `subscribe` for every topic not subscribed on this socket yet (with `since`
+    /// where a position is known), unless the server asked to wait (`RATE_LIMITED`).
+    fn subscribe_unsent(&mut self, ctx: Ctx) {
+        if !self.conn.is_connected() || self.subscribe_retry_at.is_some() {
+            return;
+        }
+        let topics = self.subs.unsent();
+        if topics.is_empty() {
+            return;
+        }
+        let mut since = BTreeMap::new();
+        for t in &topics {
+            if let Some(p) = self.subs.mark_sent(t) {
+                since.insert(t.clone(), p);
+            }
+        }
+        self.send_subscribe(ctx, topics, (!since.is_empty()).then_some(since));
+    }
+
+    /// The server answered `RATE_LIMITED` to the request with `wire_ref`: it did nothing with
+    /// it, so send it again after a growing, jittered delay. Returns false when the request is
+    /// not ours or has been retried enough (it is then rejected like any other error).
+    fn retry_later(&mut self, ctx: Ctx, wire_ref: Option<&str>) -> bool {
+        let Some((id, kind, attempts)) = self.requests.peek(wire_ref) else {
+            return false;
+        };
+        match kind {
+            RequestKind::Subscribe(topics) => {
+                self.requests.forget(id);
+                for topic in &topics {
+                    self.subs.mark_unsent(topic);
+                }
+                self.subscribe_attempt = self.subscribe_attempt.saturating_add(1);
+                let delay = self.retry_delay(self.subscribe_attempt, ctx.random);
+                self.subscribe_retry_at = Some(ctx.now + delay);
+                true
+            }
+            _ if attempts >= RATE_LIMIT_RETRIES => false,
+            RequestKind::Auth => false,
+            kind => {
+                let delay = self.retry_delay(attempts + 1, ctx.random);
+                self.requests.retry_at(id, ctx.now + delay);
+                if kind == RequestKind::Publish {
+                    self.outbox.mark_unsent(id);
+                }
+                true
+            }
+        }
+    }
+
+    /// The wait before the `attempt`-th resend of a rate-limited request: 1 s, 2 s, 4 s, …
+    /// up to the reconnect ceiling, each between half and all of it (jitter spreads a herd).
+    fn retry_delay(&self, attempt: u32, random: f64) -> u64 {
+        let base = RATE_LIMIT_FIRST_DELAY_MS
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+            .min(self.config.max_delay_ms.max(RATE_LIMIT_FIRST_DELAY_MS));
+        base / 2 + (base as f64 / 2.0 * random.clamp(0.0, 1.0)) as u64
+    }
+
+    /// `frame` if it fits the server's frame limit (when known).
+    fn check_size(&self, frame: String) -> Result<String, SdkError> {
+        match self.max_frame {
+            Some(limit) if frame.len() > limit => Err(SdkError::TooLarge {
+                bytes: frame.len(),
+                limit: Some(limit),
+            }),
+            _ => Ok(frame),
+        }
+    }
+
+    fn reject_too_large(&mut self, request: RequestId, bytes: usize) {
+        self.outbox.remove(request);
+        self.actions.push_back(Action::Reject {
+            request,
+            error: SdkError::TooLarge {
+                bytes,
+                limit: self.max_frame,
+            },
+        });
+    }
+
+    /// The server closed with 1009: a frame was over its limit. The largest request sent on
+    /// this socket is the one: it is rejected (never replayed on the next connection) and the
+    /// limit is taken to be below it.
+    fn reject_too_big_in_flight(&mut self) {
+        let culprit = self
+            .outbox
+            .in_flight()
+            .into_iter()
+            .chain(self.requests.in_flight())
+            .max_by_key(|(_, len)| *len);
+        if let Some((request, bytes)) = culprit {
+            let below = bytes.saturating_sub(1);
+            self.max_frame = Some(self.max_frame.map_or(below, |m| m.min(below)));
+            self.requests.forget(request);
+            self.reject_too_large(request, bytes);
         }
     }
 
@@ -911,13 +1117,14 @@ impl Core {
     ) -> Result<RequestId, SdkError> {
         self.check_open()?;
         let id = self.requests.register(kind);
-        let frame = match encode(&build(id.wire_ref())) {
+        let frame = match encode(&build(id.wire_ref())).and_then(|f| self.check_size(f)) {
             Ok(f) => f,
             Err(e) => {
                 self.requests.forget(id);
                 return Err(e);
             }
         };
+        self.requests.keep_frame(id, &frame);
         if self.conn.is_connected() {
             self.send_frame(ctx, frame);
             self.requests.sent(id, ctx.now);
@@ -946,28 +1153,13 @@ impl Core {
         self.requests.sent(id, ctx.now);
     }
 
-    /// Before subscribing a topic without a position, ask for its latest offset: the server
-    /// answers frames of one connection in order, so that offset is at or before the point the
-    /// subscription starts, and a reconnect can resume from it without losing what was
-    /// published in between (a message published while both were offline, say).
-    fn send_baseline(&mut self, ctx: Ctx, topic: &str) {
-        if !self.subs.needs_baseline(topic) {
-            return;
-        }
-        let id = self
-            .requests
-            .register(RequestKind::Baseline(topic.to_owned()));
-        let msg = ClientMessage::History(client::History {
-            topic: topic.to_owned(),
-            since: None,
-            limit: Some(0),
-            r#ref: Some(id.wire_ref()),
-        });
-        self.send_message(ctx, &msg);
-        self.requests.sent(id, ctx.now);
-    }
-
     fn flush_outbox(&mut self, ctx: Ctx) {
+        if let Some(limit) = self.max_frame {
+            for (request, bytes) in self.outbox.too_large(limit) {
+                self.requests.forget(request);
+                self.reject_too_large(request, bytes);
+            }
+        }
         for (id, frame) in self.outbox.take_unsent() {
             self.send_frame(ctx, frame);
             self.requests.sent(id, ctx.now);
@@ -981,7 +1173,7 @@ impl Core {
     }
 
     fn send_frame(&mut self, ctx: Ctx, frame: String) {
-        if let Phase::Connected { socket } = self.conn.phase() {
+        if let Phase::Connected { socket, .. } = self.conn.phase() {
             self.liveness.on_sent(ctx.now);
             self.actions.push_back(Action::Send { socket, frame });
         }
@@ -1034,6 +1226,7 @@ impl Core {
             connected.then(|| self.liveness.next_deadline()),
             self.requests.next_deadline(),
             self.refresh_at.filter(|_| connected),
+            self.subscribe_retry_at.filter(|_| connected),
         ]
         .into_iter()
         .flatten()

@@ -79,6 +79,31 @@ impl Outbox {
         self.entries.remove(i)
     }
 
+    /// Send this publish again with the next flush (the server rate-limited it).
+    pub fn mark_unsent(&mut self, request: RequestId) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.request == request) {
+            e.sent = false;
+        }
+    }
+
+    /// Publishes whose frame is longer than `limit` bytes, with their lengths.
+    pub fn too_large(&self, limit: usize) -> Vec<(RequestId, usize)> {
+        self.entries
+            .iter()
+            .filter(|e| e.frame.len() > limit)
+            .map(|e| (e.request, e.frame.len()))
+            .collect()
+    }
+
+    /// Publishes sent on the current socket and not acknowledged, with their lengths.
+    pub fn in_flight(&self) -> Vec<(RequestId, usize)> {
+        self.entries
+            .iter()
+            .filter(|e| e.sent)
+            .map(|e| (e.request, e.frame.len()))
+            .collect()
+    }
+
     /// The socket closed: everything must be sent again.
     pub fn mark_all_unsent(&mut self) {
         for e in &mut self.entries {

@@ -1,8 +1,10 @@
-//! Request/reply matching by `ref`, with timeouts.
+//! Request/reply matching by `ref`, with timeouts and retries.
 //!
 //! Every request the SDK sends carries a `ref` (the decimal [`RequestId`]); the server echoes it
 //! in the reply. This table maps a `ref` back to what was asked, holds requests made while
-//! offline until a socket is up, and says which requests have waited too long.
+//! offline until a socket is up, says which requests have waited too long, and which
+//! rate-limited ones are due to be sent again. Every entry has a timer or waits for a socket:
+//! none can stay pending unnoticed.
 
 use super::vecmap::VecMap;
 
@@ -39,9 +41,6 @@ pub enum RequestKind {
     Unsubscribe,
     /// The SDK's own in-band token refresh.
     Auth,
-    /// The SDK's own `history{limit: 0}` sent just before subscribing a topic it has no
-    /// position for: its `latest` is where that subscription starts at the earliest.
-    Baseline(String),
 }
 
 impl RequestKind {
@@ -61,8 +60,15 @@ struct Pending {
     /// The frame to send once connected (requests made while offline; not publishes, whose
     /// frames live in the outbox).
     queued: Option<String>,
+    /// The frame as sent, kept to send it again after `RATE_LIMITED` (not publishes and
+    /// subscribes, which are rebuilt from the outbox and the subscriptions).
+    frame: Option<String>,
     /// When it times out; set when it is sent.
     deadline: Option<u64>,
+    /// When to send it again after the server answered `RATE_LIMITED`.
+    retry_at: Option<u64>,
+    /// `RATE_LIMITED` answers so far.
+    attempts: u32,
 }
 
 /// The table of outstanding requests.
@@ -100,10 +106,80 @@ impl Requests {
             Pending {
                 kind,
                 queued: None,
+                frame: None,
                 deadline: None,
+                retry_at: None,
+                attempts: 0,
             },
         );
         id
+    }
+
+    /// Keep `frame` to send it again if the server rate-limits it.
+    pub fn keep_frame(&mut self, id: RequestId, frame: &str) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.frame = Some(frame.to_owned());
+        }
+    }
+
+    /// The request's kind and frame size, if it is outstanding.
+    pub fn frame_len(&self, id: RequestId) -> Option<usize> {
+        let p = self.pending.get(&id)?;
+        p.frame.as_ref().or(p.queued.as_ref()).map(String::len)
+    }
+
+    /// What the request with this `ref` is and how often it was rate-limited, without
+    /// completing it.
+    pub fn peek(&self, wire_ref: Option<&str>) -> Option<(RequestId, RequestKind, u32)> {
+        let id = RequestId::from_wire(wire_ref?)?;
+        let p = self.pending.get(&id)?;
+        Some((id, p.kind.clone(), p.attempts))
+    }
+
+    /// The server answered `RATE_LIMITED`: send the request again at `at` (its timeout stops
+    /// meanwhile).
+    pub fn retry_at(&mut self, id: RequestId, at: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.attempts = p.attempts.saturating_add(1);
+            p.deadline = None;
+            p.retry_at = Some(at);
+        }
+    }
+
+    /// Requests due to be sent again at `now`, with their frames (none for publishes); the
+    /// caller sends them and calls [`Requests::sent`], or [`Requests::queue`]s them.
+    pub fn due_retries(&mut self, now: u64) -> Vec<(RequestId, RequestKind, Option<String>)> {
+        self.pending
+            .iter_mut()
+            .filter(|(_, p)| p.retry_at.is_some_and(|at| at <= now))
+            .map(|(id, p)| {
+                p.retry_at = None;
+                (*id, p.kind.clone(), p.frame.clone())
+            })
+            .collect()
+    }
+
+    /// Requests the server reported as too large, or that are (`frame_len` over `limit`):
+    /// the user requests among the outstanding ones whose frame is longer than `limit`.
+    pub fn too_large(&self, limit: usize) -> Vec<(RequestId, usize)> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.kind.is_user())
+            .filter_map(|(id, p)| {
+                let len = p.frame.as_ref().or(p.queued.as_ref())?.len();
+                (len > limit).then_some((*id, len))
+            })
+            .collect()
+    }
+
+    /// Sent and not answered: the user requests whose frame was sent on the current socket
+    /// (with its length), for finding the one a 1009 close was about.
+    pub fn in_flight(&self) -> Vec<(RequestId, usize)> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.kind.is_user() && p.deadline.is_some())
+            .filter_map(|(id, p)| p.frame.as_ref().map(|f| (*id, f.len())))
+            .collect()
     }
 
     /// Keep `frame` until a socket is up.
@@ -116,7 +192,12 @@ impl Requests {
     /// The request was sent at `now`: start its timeout.
     pub fn sent(&mut self, id: RequestId, now: u64) {
         if let Some(p) = self.pending.get_mut(&id) {
-            p.queued = None;
+            if let Some(frame) = p.queued.take()
+                && p.frame.is_none()
+            {
+                p.frame = Some(frame);
+            }
+            p.retry_at = None;
             p.deadline = Some(now + self.timeout_ms);
         }
     }
@@ -154,9 +235,15 @@ impl Requests {
             .collect()
     }
 
-    /// The earliest timeout.
+    /// The earliest timeout or retry.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.pending.values().filter_map(|p| p.deadline).min()
+        self.pending
+            .values()
+            .filter_map(|p| match (p.deadline, p.retry_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
+            .min()
     }
 
     /// The socket closed. Publishes wait for a resend (their timeout stops until then); the
@@ -166,6 +253,17 @@ impl Requests {
     pub fn on_disconnect(&mut self) -> Vec<RequestId> {
         let mut failed = Vec::new();
         self.pending.retain(|id, p| {
+            if p.retry_at.take().is_some() {
+                // Rate-limited, so not applied: an application request goes again with the
+                // next connection (a publish from the outbox); the SDK's own are redone.
+                if !p.kind.is_user() {
+                    return false;
+                }
+                if p.kind != RequestKind::Publish {
+                    p.queued = p.frame.take();
+                }
+                return true;
+            }
             if p.queued.is_some() || p.deadline.is_none() {
                 return true;
             }

@@ -174,24 +174,24 @@ impl Subscriptions {
         out
     }
 
-    /// The topic has no position yet, so a subscription without `since` would start at the
-    /// server's latest offset: the SDK asks for that offset first (see [`Self::set_baseline`]).
-    pub fn needs_baseline(&self, topic: &str) -> bool {
-        self.topics.get(topic).is_some_and(|t| t.position.is_none())
-    }
-
-    /// The server's latest position of `topic`, read just *before* a subscription without
-    /// `since` was made. Nothing after it has been delivered yet, so it is a safe position to
-    /// resume from (a reconnect replays everything after it). Ignored once a message was
-    /// delivered. An empty topic gives offset 0 (resume replays from its first message).
-    pub fn set_baseline(&mut self, topic: &str, latest: u64, epoch: &str) {
+    /// Where the server started `topic`'s subscription (`subscribed.positions`): the latest
+    /// offset when the client gave no `since`. Nothing after it has been delivered yet, so it
+    /// is a safe position to resume from (a reconnect replays everything after it, including
+    /// what was published while both were offline). Ignored once the topic has a position.
+    pub fn set_baseline(&mut self, topic: &str, start: &Position) {
         if let Some(t) = self.topics.get_mut(topic)
             && t.position.is_none()
         {
-            t.position = Some(Position {
-                offset: latest,
-                epoch: (!epoch.is_empty()).then(|| epoch.to_owned()),
-            });
+            t.position = Some(start.clone());
+        }
+    }
+
+    /// The `subscribe` for `topic` must be sent again (its reply was lost or rate-limited).
+    pub fn mark_unsent(&mut self, topic: &str) {
+        if let Some(t) = self.topics.get_mut(topic)
+            && matches!(t.status, Status::Pending { .. })
+        {
+            t.status = Status::Unsent;
         }
     }
 

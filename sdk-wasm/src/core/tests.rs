@@ -15,6 +15,11 @@ struct Shell {
     state: ConnectionState,
     /// Every frame sent, for the simulated server.
     outgoing: Vec<Value>,
+    /// Leave [`Action::ScheduleFlush`] unanswered (to see several calls coalesce); by default
+    /// the flush runs right after the call that scheduled it, as the microtask would.
+    hold_flush: bool,
+    /// A flush was scheduled and not run yet.
+    flush_due: bool,
 }
 
 impl Shell {
@@ -28,6 +33,8 @@ impl Shell {
             timer: None,
             state: ConnectionState::Connecting,
             outgoing: Vec::new(),
+            hold_flush: false,
+            flush_due: false,
         }
     }
 
@@ -46,9 +53,26 @@ impl Shell {
     }
 
     fn drain(&mut self) -> Vec<Action> {
+        let mut out = self.drain_only();
+        if self.flush_due && !self.hold_flush {
+            out.extend(self.run_flush());
+        }
+        out
+    }
+
+    /// Run the scheduled flush (the shell's microtask).
+    fn run_flush(&mut self) -> Vec<Action> {
+        self.flush_due = false;
+        let ctx = self.ctx();
+        self.core.handle(ctx, Input::Flush);
+        self.drain_only()
+    }
+
+    fn drain_only(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         while let Some(a) = self.core.poll_action() {
             match &a {
+                Action::ScheduleFlush => self.flush_due = true,
                 Action::OpenSocket { socket, .. } => self.socket = Some(*socket),
                 Action::ArmTimer { at } => self.timer = Some(*at),
                 Action::CancelTimer => self.timer = None,
@@ -311,10 +335,7 @@ fn dropped_connection_reconnects_with_backoff_and_restores_subscriptions() {
     let out = s.open_and_handshake();
     let frames = sent_of(&out, "subscribe");
     assert_eq!(frames.len(), 1, "one subscribe for every topic: {frames:?}");
-    // The topic without a position (nothing came yet) first asks for its baseline.
-    let baseline = sent_of(&out, "history");
-    assert_eq!(baseline.len(), 1);
-    assert_eq!(baseline[0]["topic"], "ephemeral");
+    assert_eq!(sent(&out).len(), 1, "and nothing else");
     assert_eq!(frames[0]["type"], "subscribe");
     assert_eq!(frames[0]["topics"], json!(["durable", "ephemeral"]));
     assert_eq!(
@@ -345,7 +366,14 @@ fn backoff_grows_across_failed_attempts_and_resets_after_success() {
         s.fire();
     }
     assert_eq!(delays, [499, 999, 1998, 3996]);
+    // A connection the server drops at once is no success: the backoff keeps growing.
     s.open_and_handshake();
+    s.close(1006);
+    assert_eq!(s.timer.expect("retry") - s.now, 7992);
+    s.fire();
+    // One that lasts is: the next delay starts over.
+    s.open_and_handshake();
+    s.advance(connection::STABLE_MS);
     s.close(1006);
     assert_eq!(s.timer.expect("retry") - s.now, 499);
 }
@@ -640,26 +668,20 @@ fn a_new_topic_learns_its_baseline_so_a_reconnect_replays_what_came_meanwhile() 
     s.connect();
     let (a, out) = s.subscribe("t", None);
     let frames = sent(&out);
-    assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(
-        (&frames[0]["type"], &frames[0]["topic"], &frames[0]["limit"]),
-        (&json!("history"), &json!("t"), &json!(0)),
-        "the baseline is read before subscribing"
+        frames.len(),
+        1,
+        "one subscribe, no other request: {frames:?}"
     );
-    assert_eq!(frames[1]["type"], "subscribe");
-    assert!(frames[1].get("since").is_none());
-    let out = s.frame(json!({"type":"history","topic":"t","epoch":"e1","messages":[],"latest":5,"ref":frames[0]["ref"]}));
-    assert!(
-        out.iter().all(|a| !matches!(a, Action::Resolve { .. })),
-        "internal request"
-    );
-    s.frame(json!({"type":"subscribed","topics":["t"],"ref":frames[1]["ref"]}));
+    assert_eq!(frames[0]["type"], "subscribe");
+    assert!(frames[0].get("since").is_none());
+    // The server says where the subscription started.
+    s.frame(json!({"type":"subscribed","topics":["t"],"positions":{"t":{"offset":5,"epoch":"e1"}},"ref":frames[0]["ref"]}));
     // Nothing arrives; the connection drops and messages 6 and 7 are published meanwhile.
     s.close(1006);
     s.fire();
     let out = s.open_and_handshake();
     let f = &sent_of(&out, "subscribe")[0];
-    assert!(sent_of(&out, "history").is_empty(), "baseline known");
     assert_eq!(f["since"], json!({"t":{"offset":5,"epoch":"e1"}}));
     s.frame(msg("t", Some(6)));
     s.frame(msg("t", Some(7)));
@@ -669,22 +691,19 @@ fn a_new_topic_learns_its_baseline_so_a_reconnect_replays_what_came_meanwhile() 
 }
 
 #[test]
-fn a_baseline_never_overrides_a_delivered_position_and_errors_are_ignored() {
+fn a_baseline_never_overrides_a_delivered_position() {
     let mut s = Shell::with_token();
     s.connect();
     let (_, out) = s.subscribe("t", None);
-    let h = &sent_of(&out, "history")[0];
+    let f = &sent_of(&out, "subscribe")[0];
+    // A live message may come before the reply (the server queues it first).
     s.frame(msg("t", Some(9)));
-    s.frame(
-        json!({"type":"history","topic":"t","epoch":"e1","messages":[],"latest":3,"ref":h["ref"]}),
-    );
+    s.frame(json!({"type":"subscribed","topics":["t"],"positions":{"t":{"offset":8,"epoch":"e1"}},"ref":f["ref"]}));
     assert_eq!(s.core.positions()["t"].offset, 9);
-    // An ephemeral topic has no history: the error is the SDK's own business.
+    // An ephemeral topic has no position.
     let (_, out) = s.subscribe("eph", None);
-    let h = &sent_of(&out, "history")[0];
-    let out =
-        s.frame(json!({"type":"error","code":"UNAVAILABLE","message":"ephemeral","ref":h["ref"]}));
-    assert!(out.is_empty(), "{out:?}");
+    let f = &sent_of(&out, "subscribe")[0];
+    s.frame(json!({"type":"subscribed","topics":["t","eph"],"ref":f["ref"]}));
     assert!(!s.core.positions().contains_key("eph"));
 }
 
@@ -1073,4 +1092,303 @@ impl Shell {
     fn drain_pending_frames(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.outgoing)
     }
+}
+
+// ---- SDK hardening: a bad request fails alone, every call settles, dead credentials stop ----
+
+fn connected_with_limit(s: &mut Shell, limit: u64) {
+    s.input(Input::Start);
+    let socket = s.socket();
+    s.input(Input::SocketOpened(socket));
+    s.frame(json!({"type":"connected","client_id":"c1","timestamp":"t","heartbeat_ms":25000,"max_message_bytes":limit}));
+}
+
+fn raw(text: &str) -> Json {
+    serde_json::value::RawValue::from_string(text.to_owned()).expect("json")
+}
+
+#[test]
+fn a_publish_over_the_servers_limit_fails_alone_before_it_is_sent() {
+    let mut s = Shell::with_token();
+    connected_with_limit(&mut s, 200);
+    let big = format!("\"{}\"", "x".repeat(300));
+    let ctx = s.ctx();
+    let err = s.core.publish(ctx, "t", raw(&big)).expect_err("too large");
+    assert_eq!(err.code(), "MESSAGE_TOO_LARGE");
+    assert!(err.to_string().contains("200"), "{err}");
+    assert!(sent(&s.drain()).is_empty(), "nothing was sent");
+    let (small, out) = s.publish("t", "1");
+    assert_eq!(sent_of(&out, "publish").len(), 1);
+    assert_eq!(s.core.unacknowledged(), 1);
+    let ctx = s.ctx();
+    let err = s
+        .core
+        .append(
+            ctx,
+            "st",
+            None,
+            vec![NewEvent {
+                r#type: "e".into(),
+                data: raw(&big),
+            }],
+        )
+        .expect_err("too large");
+    assert_eq!(err.code(), "MESSAGE_TOO_LARGE");
+    let _ = small;
+}
+
+#[test]
+fn an_oversize_publish_queued_offline_is_rejected_when_the_limit_is_learned() {
+    let mut s = Shell::with_token();
+    let big = format!("\"{}\"", "x".repeat(300));
+    let (b, _) = s.publish("t", &big);
+    let (ok, _) = s.publish("t", "1");
+    s.input(Input::Start);
+    let socket = s.socket();
+    s.input(Input::SocketOpened(socket));
+    let out = s.frame(
+        json!({"type":"connected","client_id":"c1","timestamp":"t","max_message_bytes":200}),
+    );
+    assert_eq!(rejected(&out), [(b, "MESSAGE_TOO_LARGE")]);
+    let frames = sent_of(&out, "publish");
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["ref"], ok.wire_ref());
+}
+
+#[test]
+fn a_1009_close_rejects_the_request_that_caused_it_and_it_is_not_replayed() {
+    // A server that does not announce its limit closes with 1009 on the big frame.
+    let mut s = Shell::with_token();
+    s.random = 0.999;
+    s.connect();
+    let big = format!("\"{}\"", "x".repeat(300));
+    let (b, _) = s.publish("t", &big);
+    let (small, _) = s.publish("t", "1");
+    let out = s.close(1009);
+    assert_eq!(rejected(&out), [(b, "MESSAGE_TOO_LARGE")]);
+    assert_eq!(s.state, ConnectionState::Reconnecting);
+    let first = s.timer.expect("retry") - s.now;
+    s.fire();
+    let out = s.open_and_handshake();
+    let frames = sent_of(&out, "publish");
+    assert_eq!(
+        frames.len(),
+        1,
+        "only the small publish is resent: {frames:?}"
+    );
+    assert_eq!(frames[0]["ref"], small.wire_ref());
+    // The limit is now known to be below the big frame: a second one fails before sending.
+    let ctx = s.ctx();
+    assert_eq!(
+        s.core
+            .publish(ctx, "t", raw(&big))
+            .expect_err("known now")
+            .code(),
+        "MESSAGE_TOO_LARGE"
+    );
+    // Had the connection died at once again, the backoff would not have started over.
+    s.close(1006);
+    assert!(
+        s.timer.expect("retry") - s.now > first,
+        "backoff keeps growing"
+    );
+}
+
+#[test]
+fn subscribes_made_in_one_task_go_out_in_one_frame() {
+    let mut s = Shell::with_token();
+    s.connect();
+    s.hold_flush = true;
+    let mut subs = Vec::new();
+    for i in 0..200 {
+        let (id, out) = s.subscribe(&format!("t{i}"), None);
+        assert!(sent(&out).is_empty(), "nothing before the task ends");
+        subs.push(id);
+    }
+    let out = s.run_flush();
+    let frames = sent(&out);
+    assert_eq!(frames.len(), 1, "one frame for 200 calls");
+    assert_eq!(frames[0]["topics"].as_array().map(Vec::len), Some(200));
+    let r = frames[0]["ref"].clone();
+    let topics = frames[0]["topics"].clone();
+    s.frame(json!({"type":"subscribed","topics":topics,"ref":r}));
+    for id in subs {
+        assert!(s.core.topic_of(id).is_some());
+    }
+}
+
+#[test]
+fn a_batch_is_answered_per_topic_also_after_a_reconnect() {
+    let mut s = Shell::with_token();
+    s.connect();
+    s.hold_flush = true;
+    let (ok_a, _) = s.subscribe("ok.a", None);
+    let (ok_b, _) = s.subscribe("ok.b", None);
+    let (secret, _) = s.subscribe("secret.b", None);
+    let f = &sent(&s.run_flush())[0];
+    let out = s.frame(json!({"type":"subscribed","topics":["ok.a","ok.b"],"ref":f["ref"],
+        "refused":{"secret.b":{"code":"FORBIDDEN","message":"token may not subscribe to \"secret.b\""}}}));
+    let failed: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SubscriptionFailed { sub, error } => Some((*sub, error.code())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(secret, "FORBIDDEN")]);
+    // After a reconnect whose token lost `ok.b`, only ok.b fails.
+    s.close(1006);
+    s.fire();
+    let out = s.open_and_handshake();
+    let f = &sent_of(&out, "subscribe")[0];
+    assert_eq!(f["topics"], json!(["ok.a", "ok.b"]));
+    let out = s.frame(json!({"type":"subscribed","topics":["ok.a"],"ref":f["ref"],
+        "refused":{"ok.b":{"code":"FORBIDDEN","message":"no"}}}));
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::SubscriptionFailed { sub, .. } if *sub == ok_b))
+    );
+    assert_eq!(s.core.topic_of(ok_a), Some("ok.a"));
+    assert_eq!(s.core.topic_of(ok_b), None);
+}
+
+#[test]
+fn rate_limited_subscribes_are_retried_until_answered() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (a, out) = s.subscribe("t", None);
+    let f = &sent(&out)[0];
+    let out =
+        s.frame(json!({"type":"error","code":"RATE_LIMITED","message":"slow down","ref":f["ref"]}));
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::SubscriptionFailed { .. } | Action::Error(_))),
+        "not a failure: {out:?}"
+    );
+    let retry = s.timer.expect("a retry is armed") - s.now;
+    assert!((500..=1_000).contains(&retry), "{retry}");
+    let out = s.fire();
+    let f = &sent_of(&out, "subscribe")[0];
+    assert_eq!(f["topics"], json!(["t"]));
+    // Again: the wait doubles.
+    s.frame(json!({"type":"error","code":"RATE_LIMITED","message":"slow down","ref":f["ref"]}));
+    let retry = s.timer.expect("a retry is armed") - s.now;
+    assert!((1_000..=2_000).contains(&retry), "{retry}");
+    let f = &sent_of(&s.fire(), "subscribe")[0];
+    s.frame(json!({"type":"subscribed","topics":["t"],"ref":f["ref"]}));
+    s.frame(msg("t", Some(1)));
+    let out = s.frame(msg("t", Some(2)));
+    assert_eq!(delivered(&out), [(a, Some(2))]);
+}
+
+#[test]
+fn rate_limited_requests_are_retried_then_rejected_with_the_code() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (p, out) = s.publish("t", "1");
+    let id = sent(&out)[0]["id"].clone();
+    let ctx = s.ctx();
+    let h = s.core.history(ctx, "t", None, None).expect("history");
+    s.drain();
+    for attempt in 0..RATE_LIMIT_RETRIES {
+        s.frame(json!({"type":"error","code":"RATE_LIMITED","message":"slow","ref":p.wire_ref()}));
+        let out = s.frame(
+            json!({"type":"error","code":"RATE_LIMITED","message":"slow","ref":h.wire_ref()}),
+        );
+        assert!(rejected(&out).is_empty(), "attempt {attempt}");
+        // Both go again at their retry time, the publish with the same id.
+        let mut again = Vec::new();
+        while again.len() < 2 {
+            again.extend(sent(&s.fire()));
+        }
+        assert!(
+            again
+                .iter()
+                .any(|f| f["type"] == "publish" && f["id"] == id)
+        );
+        assert!(again.iter().any(|f| f["type"] == "history"));
+    }
+    let mut out =
+        s.frame(json!({"type":"error","code":"RATE_LIMITED","message":"slow","ref":p.wire_ref()}));
+    out.extend(
+        s.frame(json!({"type":"error","code":"RATE_LIMITED","message":"slow","ref":h.wire_ref()})),
+    );
+    let mut codes = rejected(&out);
+    codes.sort();
+    assert_eq!(codes, [(p, "RATE_LIMITED"), (h, "RATE_LIMITED")]);
+    assert_eq!(s.core.unacknowledged(), 0);
+}
+
+#[test]
+fn an_unanswered_subscribe_is_sent_again() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (_, out) = s.subscribe("t", None);
+    let first = sent(&out)[0]["ref"].clone();
+    // No reply, but the connection is alive (heartbeats keep coming).
+    let mut resent = None;
+    for _ in 0..40 {
+        s.advance(1_000);
+        s.frame(json!({"type":"heartbeat"}));
+        if s.timer.is_some_and(|t| t <= s.now) {
+            let out = s.fire();
+            if let Some(f) = sent_of(&out, "subscribe").first() {
+                resent = Some(f.clone());
+                break;
+            }
+        }
+    }
+    let resent = resent.expect("the subscribe was sent again within the request timeout");
+    assert_ne!(resent["ref"], first);
+    assert_eq!(resent["topics"], json!(["t"]));
+}
+
+#[test]
+fn an_expired_fixed_token_closes_with_unauthorized_instead_of_retrying() {
+    let now_secs = Shell::with_token().unix_ms / 1000;
+    let mut c = Config::new(vec!["ws://h/ws".into()], "inst");
+    c.token = Some(jwt(now_secs - 60));
+    let mut s = Shell::new(c);
+    let out = s.input(Input::Start);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::OpenSocket { .. })),
+        "{out:?}"
+    );
+    assert_eq!(s.state, ConnectionState::Closed);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Error(e) if e.code() == "UNAUTHORIZED"))
+    );
+    assert_eq!(s.timer, None, "nothing left running");
+    // A token that expires while the client waits to reconnect is caught the same way.
+    let mut c = Config::new(vec!["ws://h/ws".into()], "inst");
+    c.token = Some(jwt(now_secs + 2));
+    let mut s = Shell::new(c);
+    s.connect();
+    s.close(1006);
+    s.advance(5_000);
+    let out = s.fire();
+    assert_eq!(s.state, ConnectionState::Closed, "{out:?}");
+}
+
+#[test]
+fn an_expired_token_from_get_token_is_asked_for_again() {
+    let mut c = Config::new(vec!["ws://h/ws".into()], "inst");
+    c.token_provider = true;
+    let mut s = Shell::new(c);
+    let out = s.input(Input::Start);
+    assert!(out.iter().any(|a| matches!(a, Action::FetchToken)));
+    let stale = jwt(s.unix_ms / 1000 - 60);
+    let out = s.input(Input::Token(Ok(stale)));
+    assert!(!out.iter().any(|a| matches!(a, Action::OpenSocket { .. })));
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Error(e) if e.code() == "TOKEN_PROVIDER"))
+    );
+    assert_eq!(s.state, ConnectionState::Connecting, "still trying");
+    let out = s.fire();
+    assert!(out.iter().any(|a| matches!(a, Action::FetchToken)));
+    let fresh = jwt(s.unix_ms / 1000 + 3600);
+    let out = s.input(Input::Token(Ok(fresh)));
+    assert!(out.iter().any(|a| matches!(a, Action::OpenSocket { .. })));
 }

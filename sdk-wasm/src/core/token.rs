@@ -11,16 +11,25 @@ pub const MAX_REFRESH_MARGIN_MS: u64 = 60_000;
 /// The claims the SDK reads.
 #[derive(Deserialize)]
 struct Claims {
-    exp: Option<u64>,
+    /// A NumericDate: any JSON number of seconds (RFC 7519 §2), fractions allowed.
+    exp: Option<f64>,
 }
 
-/// The token's `exp` claim (seconds since the Unix epoch), if it is a readable JWT.
+/// The token's `exp` claim (whole seconds since the Unix epoch, clamped to the year 5138 as
+/// the server does), if it is a readable JWT.
 pub fn jwt_expiry(token: &str) -> Option<u64> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64url_decode(payload)?;
     // from_str, not from_slice: one serde_json reader in the wasm instead of two.
     let text = String::from_utf8(bytes).ok()?;
-    serde_json::from_str::<Claims>(&text).ok()?.exp
+    let exp = serde_json::from_str::<Claims>(&text).ok()?.exp?;
+    Some(exp.clamp(0.0, 1e11) as u64)
+}
+
+/// Whether a token with expiry `exp_secs` is past it at wall-clock `unix_ms`: the server
+/// would refuse it (beyond its leeway) or close the connection at once.
+pub fn expired(exp_secs: u64, unix_ms: u64) -> bool {
+    exp_secs.saturating_mul(1000) <= unix_ms
 }
 
 /// Milliseconds from now until a refresh is due, for a token expiring at `exp_secs` when the

@@ -189,6 +189,12 @@ fn execute(shared: &SharedRef, action: Action) {
             shared.borrow_mut().timer = timer;
         }
         Action::CancelTimer => shared.borrow_mut().timer = None,
+        Action::ScheduleFlush => {
+            // A microtask: it runs once the current task (the app's loop of subscribe calls)
+            // is done, before any timer or socket event.
+            let w = weak.clone();
+            wasm_bindgen_futures::spawn_local(async move { feed(&w, Input::Flush) });
+        }
         Action::FetchToken => fetch_token(shared, weak),
         Action::StateChanged(state) => {
             let handlers = shared.borrow().state_handlers.clone();
