@@ -683,3 +683,150 @@ async fn ephemeral_topics_deliver_live_without_offsets() {
     a.close();
     b.close();
 }
+
+// ---- SDK hardening: a bad request fails alone, every call settles, dead credentials stop ----
+
+/// Another server with these extra `tidings serve` arguments; returns its ws URL.
+async fn spawn_server(args: &[&str]) -> String {
+    let query: Vec<String> = args.iter().map(|a| format!("arg={a}")).collect();
+    control(&format!("/spawn?{}", query.join("&"))).await
+}
+
+fn client_at(url: &str, token: &str) -> TidingsClient {
+    let opts = obj(&[
+        ("url", JsValue::from_str(url)),
+        ("token", JsValue::from_str(token)),
+        ("reconnect", fast_reconnect()),
+    ]);
+    TidingsClient::new(opts.unchecked_into()).expect("client")
+}
+
+fn names(log: &Rc<RefCell<Vec<JsValue>>>) -> Vec<String> {
+    log.borrow().iter().filter_map(JsValue::as_string).collect()
+}
+
+#[wasm_bindgen_test]
+async fn an_oversize_publish_fails_alone_and_the_next_one_is_acknowledged() {
+    let url = spawn_server(&["--max-message-bytes", "65536"]).await;
+    let c = client_at(&url, &token("big", 3600).await);
+    let seen = states(&c);
+    connected(&c, "connected").await;
+    let big = JsValue::from_str(&"x".repeat(128 * 1024));
+    let err = settle(
+        "the oversize publish",
+        10_000,
+        Promise::from(JsValue::from(c.publish("t".into(), big))),
+    )
+    .await
+    .expect_err("rejected");
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("MESSAGE_TOO_LARGE")
+    );
+    let ack = ok("the small publish", publish(&c, "t", 1)).await;
+    assert_eq!(get(&ack, "offset").as_f64(), Some(1.0));
+    assert_eq!(names(&seen), ["connected"], "the connection never dropped");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_refused_topic_fails_alone_and_its_batch_mates_live() {
+    let ok_topic = format!("ok.{}", unique("a"));
+    let secret = format!("secret.{}", unique("b"));
+    let limited = control("/token?sub=limited&ttl=3600&subscribe=ok.*").await;
+    let c = client(&limited);
+    // Both before the socket opens: they go out in one subscribe.
+    let (handler, got) = recorder();
+    let _ok = c
+        .subscribe(ok_topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    let (nothing, _) = recorder();
+    let refused = c
+        .subscribe(secret.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    let (on_error, errors) = recorder();
+    refused.on_error(on_error.unchecked_into());
+    connected(&c, "connected").await;
+    wait_until("secret.b reports FORBIDDEN", 10_000, || {
+        !errors.borrow().is_empty()
+    })
+    .await;
+    assert_eq!(
+        get(&errors.borrow()[0], "code").as_string().as_deref(),
+        Some("FORBIDDEN")
+    );
+    let p = client(&token("publisher", 3600).await);
+    connected(&p, "publisher").await;
+    ok("publish to ok.a", publish(&p, &ok_topic, 7)).await;
+    wait_until("ok.a still receives", 10_000, || !got.borrow().is_empty()).await;
+    assert_eq!(texts(&got), [7.0]);
+    c.close();
+    p.close();
+}
+
+#[wasm_bindgen_test]
+async fn two_hundred_subscribes_in_a_loop_all_live() {
+    // The server's default rate limit (100/s, burst 200) and room for 300 subscriptions.
+    let url = spawn_server(&["--max-subscriptions", "300"]).await;
+    let c = client_at(&url, &token("many", 3600).await);
+    connected(&c, "connected").await;
+    let prefix = unique("many");
+    let (handler, got) = recorder();
+    let handler: Function = handler;
+    let mut subs = Vec::new();
+    for i in 0..200 {
+        let topic = format!("{prefix}-{i}");
+        subs.push(
+            c.subscribe(topic, handler.clone().unchecked_into(), None)
+                .expect("subscribe"),
+        );
+    }
+    let (errs, errors) = recorder();
+    c.on_error(errs.unchecked_into());
+    round_trip(&c, &format!("{prefix}-0")).await;
+    // One message to each topic, from another client; every subscription gets its own.
+    let p = client_at(&url, &token("feeder", 3600).await);
+    connected(&p, "feeder").await;
+    let mut acks = Vec::new();
+    for i in 0..200 {
+        acks.push(publish(&p, &format!("{prefix}-{i}"), i));
+    }
+    for (i, ack) in acks.into_iter().enumerate() {
+        ok(&format!("publish {i}"), ack).await;
+    }
+    wait_until("all 200 subscriptions receive", 20_000, || {
+        got.borrow().len() >= 200
+    })
+    .await;
+    let mut seen = texts(&got);
+    seen.sort_by(f64::total_cmp);
+    assert_eq!(seen, (0..200).map(f64::from).collect::<Vec<_>>());
+    assert!(errors.borrow().is_empty(), "{:?}", errors.borrow());
+    drop(subs);
+    c.close();
+    p.close();
+}
+
+#[wasm_bindgen_test]
+async fn an_expired_fixed_token_closes_with_unauthorized_and_stops() {
+    let expired = token("late", 0).await;
+    let c = client(&expired);
+    let seen = states(&c);
+    let (errs, errors) = recorder();
+    c.on_error(errs.unchecked_into());
+    wait_until("closed", 10_000, || state_name(&c) == "closed").await;
+    assert_eq!(names(&seen), ["closed"], "no reconnect loop");
+    assert_eq!(errors.borrow().len(), 1);
+    assert_eq!(
+        get(&errors.borrow()[0], "code").as_string().as_deref(),
+        Some("UNAUTHORIZED")
+    );
+    let err = settle(
+        "a publish on a closed client",
+        5_000,
+        Promise::from(JsValue::from(c.publish("t".into(), 1.into()))),
+    )
+    .await
+    .expect_err("closed");
+    assert_eq!(get(&err, "code").as_string().as_deref(), Some("CLOSED"));
+}

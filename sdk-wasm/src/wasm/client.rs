@@ -411,7 +411,11 @@ impl TidingsClient {
         }));
         let listeners = listen(&Rc::downgrade(&shared));
         shared.borrow_mut().listeners = listeners;
-        run(&shared, |core, ctx| core.handle(ctx, Input::Start));
+        // Connect once the constructor's task is done, so handlers the application registers
+        // right after `new` (onStateChange, onError) hear everything, even a token that is
+        // refused at once.
+        let weak = Rc::downgrade(&shared);
+        wasm_bindgen_futures::spawn_local(async move { feed(&weak, Input::Start) });
         Ok(TidingsClient { shared })
     }
 
