@@ -1,4 +1,5 @@
-//! HTTP routes: the WebSocket upgrade on `/ws`, `/health` and `/metrics`.
+//! HTTP routes: the WebSocket upgrade on `/ws`, `/health` (and the orchestrator probes
+//! `/health/live`, `/health/ready`) and `/metrics`.
 //!
 //! Every refusal happens before the upgrade, with an HTTP status and a JSON body shaped like
 //! the protocol's `error` message, so a client never gets a working socket it may not have.
@@ -26,6 +27,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::api::routes(&shared.config))
         .with_state(shared)
@@ -178,6 +181,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "subscriptions": shared.metrics.subscriptions.get(),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("TIDINGS_GIT_COMMIT"),
         "node": shared.node,
         "store": shared.store.kind().as_str(),
         "durable": shared.store.kind() == crate::store::StoreKind::Sqlite,
@@ -187,6 +191,39 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         body["store_error"] = json!(error);
     }
     let code = if status == "healthy" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `/health/live`, the liveness probe: 200 while the process serves HTTP at all. An
+/// orchestrator restarts the process when this fails; it never fails for a store problem or a
+/// shutdown in progress (restarting would not help those).
+async fn live() -> Response {
+    Json(json!({"status": "live"})).into_response()
+}
+
+/// `/health/ready`, the readiness probe: 200 while this node should get new connections; 503
+/// while it shuts down or its store cannot write, so a load balancer sends clients elsewhere.
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let (status, reason) = if shared.shutdown.is_cancelled() {
+        (
+            "shutting_down",
+            Some("the server is shutting down".to_owned()),
+        )
+    } else {
+        match shared.store.health() {
+            Ok(()) => ("ready", None),
+            Err(e) => ("degraded", Some(e)),
+        }
+    };
+    let mut body = json!({"status": status});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    let code = if status == "ready" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -60,7 +60,30 @@ pub use config::{Config, ConfigError};
 pub use hub::Delivery;
 pub use repository::{Repository, RepositoryError};
 pub use retention::RetentionRule;
-pub use store::{Committed, Head, IdempotencyKey, Page, Row, Store, StoreError, StoreKind};
+pub use store::{
+    BackupReport, Committed, Head, IdempotencyKey, Page, Row, Store, StoreError, StoreKind, backup,
+};
+
+/// This build: the crate version and the git commit it was built from, e.g.
+/// `0.1.0 (4f2c1a9b3d7e)` (`unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TIDINGS_GIT_COMMIT"),
+    ")"
+);
+
+/// Check a configuration as [`Tidings::new`] would, without opening the store or binding
+/// anything: every range, the JWT keys (public key files are read), the topic patterns.
+///
+/// # Errors
+/// The first [`ConfigError`] found.
+pub fn check_config(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    auth::Authenticator::from_config(config)?;
+    config.compile_retention()?;
+    Ok(())
+}
 
 use state::Shared;
 

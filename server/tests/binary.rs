@@ -525,3 +525,195 @@ async fn dev_mode_never_signs_with_a_real_secret() {
         401
     );
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(&format!("tidings {} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_validates_what_serve_would_run_and_redacts_secrets() {
+    let dir = TempDir::new("check-config");
+    let file = dir.0.join("tidings.toml");
+    std::fs::write(
+        &file,
+        "rate_limit = 7\nbind = \"127.0.0.1:9100\"\n[[retention]]\npattern = \"chat.*\"\nmax_messages = 10\n",
+    )
+    .expect("write");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check-config")
+            .args(args)
+            .env_remove("TIDINGS_JWT_SECRET")
+            .env_remove("TIDINGS_API_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run")
+    };
+    let config = file.to_str().expect("utf8");
+    // File, then environment, then flags.
+    let out = run(
+        &[
+            "--config",
+            config,
+            "--rate-burst",
+            "9",
+            "--api-key",
+            "the-api-key",
+        ],
+        &[("TIDINGS_JWT_SECRET", SECRET), ("TIDINGS_RATE_LIMIT", "8")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "rate_limit = 8",
+        "rate_burst = 9",
+        "bind = \"127.0.0.1:9100\"",
+        "pattern = \"chat.*\"",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains(SECRET) && !stdout.contains("the-api-key"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("<redacted"), "{stdout}");
+    // A bad value: non-zero, with the reason.
+    let out = run(
+        &["--config", config, "--dedup-window", "60y"],
+        &[("TIDINGS_JWT_SECRET", SECRET)],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dedup_window"));
+    std::fs::write(&file, "rate_limt = 5\n").expect("write");
+    let out = run(&["--config", config], &[("TIDINGS_JWT_SECRET", SECRET)]);
+    assert!(!out.status.success(), "a misspelt key is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_copies_a_running_store_and_the_copy_restores() {
+    let live = TempDir::new("backup-live");
+    let copy = TempDir::new("backup-copy");
+    let restored = TempDir::new("backup-restored");
+    let data_dir = live.0.to_str().expect("utf8").to_owned();
+    let server = serve(&[
+        "--jwt-secret",
+        SECRET,
+        "--store",
+        "sqlite",
+        "--data-dir",
+        &data_dir,
+    ]);
+    let mut c = Client::connect(&server.url(&mint("writer"))).await;
+    let mut epoch = String::new();
+    for i in 1..=50u64 {
+        let reply = c
+            .request(&format!(
+                r#"{{"type":"publish","topic":"ledger","data":{i},"ref":"{i}"}}"#
+            ))
+            .await;
+        let ServerMessage::Published(p) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(p.offset, Some(i));
+        epoch = p.epoch.expect("epoch");
+    }
+    // The copy is taken while the server runs.
+    let dest = copy.0.join("tidings-backup.db");
+    let out = Command::new(BIN)
+        .args([
+            "backup",
+            dest.to_str().expect("utf8"),
+            "--store",
+            "sqlite",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .expect("run backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("integrity check: ok"));
+    // Writes after the copy are not in it; the server is unaffected.
+    let reply = c
+        .request(r#"{"type":"publish","topic":"ledger","data":51,"ref":"51"}"#)
+        .await;
+    assert!(matches!(reply, ServerMessage::Published(_)), "{reply:?}");
+    let again = Command::new(BIN)
+        .args(["backup", dest.to_str().expect("utf8"), "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("run");
+    assert!(
+        !again.status.success(),
+        "an existing copy is not replaced without --force"
+    );
+    drop(c);
+    drop(server);
+    // Restore: the copy becomes a data dir's tidings.db, and the history resumes from it.
+    std::fs::copy(&dest, restored.0.join("tidings.db")).expect("restore");
+    let restored_dir = restored.0.to_str().expect("utf8").to_owned();
+    let server = serve(&[
+        "--jwt-secret",
+        SECRET,
+        "--store",
+        "sqlite",
+        "--data-dir",
+        &restored_dir,
+    ]);
+    let mut c = Client::connect(&server.url(&mint("reader"))).await;
+    let reply = c.request(r#"{"type":"history","topic":"ledger"}"#).await;
+    let ServerMessage::History(page) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((page.latest, page.messages.len()), (50, 50));
+    assert_eq!(page.epoch, epoch, "the same history");
+    let reply = c
+        .request(r#"{"type":"publish","topic":"ledger","data":"next","ref":"n"}"#)
+        .await;
+    let ServerMessage::Published(p) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        (p.offset, p.epoch.as_deref()),
+        (Some(51), Some(epoch.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn orchestrator_probes_answer() {
+    let server = serve(&["--jwt-secret", SECRET]);
+    for (path, status) in [("/health/live", "live"), ("/health/ready", "ready")] {
+        let response = reqwest::get(format!("http://{}{path}", server.addr))
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 200, "{path}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["status"], status);
+    }
+    let health: serde_json::Value = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        health["status"], "healthy",
+        "the template's /health is unchanged"
+    );
+    assert!(health["commit"].as_str().is_some());
+}

@@ -22,6 +22,8 @@ mod memory;
 mod sqlite;
 mod writer;
 
+pub use sqlite::{BackupReport, backup};
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -115,6 +115,70 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What [`backup`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    /// Database pages copied.
+    pub pages: u64,
+    /// Size of the copy in bytes.
+    pub bytes: u64,
+}
+
+/// Copy the store in `data_dir` to the file `dest` with SQLite's online backup API, while a
+/// server may be writing to it: the copy is one consistent snapshot. The copy is checked
+/// (`PRAGMA quick_check`) before this returns. `replace`: overwrite an existing `dest`.
+///
+/// # Errors
+/// [`StoreError::Backend`] when there is no store in `data_dir`, `dest` exists (without
+/// `replace`), or SQLite fails (the partial copy is removed).
+pub fn backup(data_dir: &Path, dest: &Path, replace: bool) -> Result<BackupReport, StoreError> {
+    use rusqlite::OpenFlags;
+    let source_path = data_dir.join("tidings.db");
+    if !source_path.is_file() {
+        return Err(StoreError::Backend(format!(
+            "no store at {}",
+            source_path.display()
+        )));
+    }
+    if dest.exists() {
+        if !replace {
+            return Err(StoreError::Backend(format!("{} exists", dest.display())));
+        }
+        std::fs::remove_file(dest)
+            .map_err(|e| StoreError::Backend(format!("remove {}: {e}", dest.display())))?;
+    }
+    let source = Connection::open_with_flags(
+        &source_path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    source.busy_timeout(std::time::Duration::from_secs(5))?;
+    let result = (|| {
+        let mut copy = Connection::open(dest)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&source, &mut copy)?;
+            // All pages in one step: one read transaction, so one consistent snapshot. A WAL
+            // reader does not block the server's writer meanwhile.
+            backup.step(-1)?;
+        }
+        let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Backend(format!(
+                "the copy failed its check: {check}"
+            )));
+        }
+        let pages: i64 = copy.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = copy.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(BackupReport {
+            pages: offset_of(pages),
+            bytes: offset_of(pages).saturating_mul(offset_of(size)),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
 impl Backend for SqliteBackend {
     fn heads(&mut self) -> Result<HashMap<String, Head>, StoreError> {
         let mut stmt = self

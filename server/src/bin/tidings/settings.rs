@@ -1,96 +1,77 @@
-//! The `tidings` binary: `tidings serve` runs the server, `tidings token` mints a token.
-//!
-//! Settings come from (lowest to highest priority) built-in defaults, a TOML file
-//! (`--config`), `TIDINGS_*` environment variables, and flags.
+//! Where `serve`, `check-config` and `backup` get their settings: built-in defaults, then a
+//! TOML file (`--config`), then `TIDINGS_*` environment variables, then flags. One function
+//! ([`Settings::load`]) does it for every command, so `check-config` validates exactly what
+//! `serve` would run.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use tidings_server::{Config, StoreKind, Tidings, TokenSpec};
+use clap::Args;
+use tidings_server::{Config, StoreKind};
 
-#[derive(Parser)]
-#[command(
-    name = "tidings",
-    version,
-    about = "Real-time pub/sub and event-streaming server"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the server.
-    Serve(Box<ServeArgs>),
-    /// Mint an HS256 client token and print it.
-    Token(TokenArgs),
-}
-
+/// The settings shared by `serve` and `check-config` (flags with their env variables).
 #[derive(Args)]
-struct ServeArgs {
+pub struct ServeArgs {
     /// TOML file with any of the settings below (keys are the long flag names with `_`).
     #[arg(long, env = "TIDINGS_CONFIG")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Address to listen on. [default: 127.0.0.1:8000]
     #[arg(long, env = "TIDINGS_BIND")]
-    bind: Option<SocketAddr>,
+    pub bind: Option<SocketAddr>,
     /// HS256 secret for client tokens (required unless --dev or public keys are given).
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    pub jwt_secret: Option<String>,
     /// PEM public key (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens; repeatable.
     #[arg(
         long = "jwt-public-key",
         env = "TIDINGS_JWT_PUBLIC_KEYS",
         value_delimiter = ','
     )]
-    jwt_public_keys: Vec<PathBuf>,
+    pub jwt_public_keys: Vec<PathBuf>,
     /// Accept tokens without an `exp` claim. [default: false]
     #[arg(long, env = "TIDINGS_ALLOW_TOKENS_WITHOUT_EXP")]
-    allow_tokens_without_exp: Option<bool>,
+    pub allow_tokens_without_exp: Option<bool>,
     /// Clock skew tolerated on `exp` and `nbf`; a token stays valid until exp + leeway. [default: 30s]
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_parser = humantime::parse_duration)]
-    jwt_leeway: Option<Duration>,
+    pub jwt_leeway: Option<Duration>,
     /// Required `aud`: tokens must name this audience. [default: aud not checked]
     #[arg(long, env = "TIDINGS_JWT_AUDIENCE")]
-    jwt_audience: Option<String>,
+    pub jwt_audience: Option<String>,
     /// Required `iss`: tokens must come from this issuer. [default: iss not checked]
     #[arg(long, env = "TIDINGS_JWT_ISSUER")]
-    jwt_issuer: Option<String>,
+    pub jwt_issuer: Option<String>,
     /// Messages per second per connection. [default: 100]
     #[arg(long, env = "TIDINGS_RATE_LIMIT")]
-    rate_limit: Option<u32>,
+    pub rate_limit: Option<u32>,
     /// Burst size of the per-connection rate limit. [default: 200]
     #[arg(long, env = "TIDINGS_RATE_BURST")]
-    rate_burst: Option<u32>,
+    pub rate_burst: Option<u32>,
     /// Largest frame in bytes; larger ones close the connection with 1009. [default: 1048576]
     #[arg(long, env = "TIDINGS_MAX_MESSAGE_BYTES")]
-    max_message_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
     /// Subscriptions per connection. [default: 100]
     #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS")]
-    max_subscriptions: Option<usize>,
+    pub max_subscriptions: Option<usize>,
     /// Longest topic name in bytes. [default: 256]
     #[arg(long, env = "TIDINGS_MAX_TOPIC_LEN")]
-    max_topic_len: Option<usize>,
+    pub max_topic_len: Option<usize>,
     /// Open connections in total (more get HTTP 503). [default: 10000]
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
+    pub max_connections: Option<usize>,
     /// Open WebSocket connections per client IP (more get HTTP 429). [default: 1000]
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     /// HTTP connections per client IP that are not WebSockets (more get 429). [default: 100]
     #[arg(long, env = "TIDINGS_MAX_HTTP_CONNECTIONS_PER_IP")]
-    max_http_connections_per_ip: Option<usize>,
+    pub max_http_connections_per_ip: Option<usize>,
     /// Time a client has to send a request's headers (new or keep-alive connection). [default: 30s]
     #[arg(long, env = "TIDINGS_HTTP_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
-    http_header_timeout: Option<Duration>,
+    pub http_header_timeout: Option<Duration>,
     /// Close an HTTP connection (not a WebSocket) on which nothing moves this long. [default: 30s]
     #[arg(long, env = "TIDINGS_HTTP_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    http_idle_timeout: Option<Duration>,
+    pub http_idle_timeout: Option<Duration>,
     /// Proxy (CIDR or address) whose X-Forwarded-For / Forwarded name the client; repeatable. [default: none]
     #[arg(
         long = "trusted-proxy",
@@ -98,92 +79,73 @@ struct ServeArgs {
         value_delimiter = ',',
         value_parser = tidings_server::config::parse_cidr
     )]
-    trusted_proxies: Vec<ipnet::IpNet>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Frames queued per connection before it is closed as a slow consumer (4002). [default: 4096]
     #[arg(long, env = "TIDINGS_QUEUE_CAPACITY")]
-    queue_capacity: Option<usize>,
+    pub queue_capacity: Option<usize>,
     /// Interval of `heartbeat` frames and WebSocket pings. [default: 25s]
     #[arg(long, env = "TIDINGS_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    heartbeat_interval: Option<Duration>,
+    pub heartbeat_interval: Option<Duration>,
     /// Close a connection silent (no frame, no pong) for this long (4003). [default: 60s]
     #[arg(long, env = "TIDINGS_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
-    heartbeat_timeout: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
     /// Allowed browser Origin (exact, e.g. https://app.example); repeatable. [default: any]
     #[arg(
         long = "allowed-origin",
         env = "TIDINGS_ALLOWED_ORIGINS",
         value_delimiter = ','
     )]
-    allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<String>,
     /// Longest a graceful shutdown may take. [default: 10s]
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
-    shutdown_timeout: Option<Duration>,
+    pub shutdown_timeout: Option<Duration>,
     /// Storage: `sqlite` (durable, under --data-dir) or `memory` (lost on restart). [default: sqlite]
     #[arg(long, env = "TIDINGS_STORE", value_enum)]
-    store: Option<StoreKind>,
+    pub store: Option<StoreKind>,
     /// Directory of the SQLite database. [default: ./data]
     #[arg(long, env = "TIDINGS_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// fsync every commit (survives power loss, not just a crash). [default: true]
     #[arg(long, env = "TIDINGS_FSYNC")]
-    fsync: Option<bool>,
+    pub fsync: Option<bool>,
     /// Topic glob that is pure pub/sub (not stored, no offsets); repeatable. [default: none]
     #[arg(
         long = "ephemeral-topic",
         env = "TIDINGS_EPHEMERAL_TOPICS",
         value_delimiter = ','
     )]
-    ephemeral_topics: Vec<String>,
+    pub ephemeral_topics: Vec<String>,
     /// Messages kept per durable topic (0 = unlimited). [default: 100000]
     #[arg(long, env = "TIDINGS_RETENTION_MAX_MESSAGES")]
-    retention_max_messages: Option<u64>,
+    pub retention_max_messages: Option<u64>,
     /// Age after which stored messages are dropped, e.g. `7d`. [default: never]
     #[arg(long, env = "TIDINGS_RETENTION_MAX_AGE", value_parser = humantime::parse_duration)]
-    retention_max_age: Option<Duration>,
+    pub retention_max_age: Option<Duration>,
     /// Most messages or events in one `history` / `read` reply. [default: 1000]
     #[arg(long, env = "TIDINGS_HISTORY_LIMIT")]
-    history_limit: Option<u32>,
+    pub history_limit: Option<u32>,
     /// Most bytes of messages in one history/read reply or catch-up page. [default: 4194304]
     #[arg(long, env = "TIDINGS_MAX_REPLY_BYTES")]
-    max_reply_bytes: Option<usize>,
+    pub max_reply_bytes: Option<usize>,
     /// Close a connection whose socket accepts nothing for this long (4002). [default: 30s]
     #[arg(long, env = "TIDINGS_SLOW_CONSUMER_TIMEOUT", value_parser = humantime::parse_duration)]
-    slow_consumer_timeout: Option<Duration>,
+    pub slow_consumer_timeout: Option<Duration>,
     /// How long a publish `id` is remembered for idempotent retries. [default: 1h]
     #[arg(long, env = "TIDINGS_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
-    dedup_window: Option<Duration>,
+    pub dedup_window: Option<Duration>,
     /// Key for the backend HTTP API under /api (Authorization: Bearer KEY). [default: API off]
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    pub api_key: Option<String>,
     /// Development mode: a throwaway JWT secret (configured keys are ignored), a logged token
     /// and GET /dev/token. Never in production.
     #[arg(long, env = "TIDINGS_DEV")]
-    dev: bool,
+    pub dev: bool,
     /// Serve the files of this directory at `/` (e.g. the demo page `www/`). [default: none]
     #[arg(long, env = "TIDINGS_STATIC_DIR")]
-    static_dir: Option<PathBuf>,
+    pub static_dir: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,tidings_server=debug`). [default: info]
     #[arg(long, env = "TIDINGS_LOG")]
-    log: Option<String>,
-}
-
-#[derive(Args)]
-struct TokenArgs {
-    /// The identity (`sub` claim).
-    #[arg(long)]
-    sub: String,
-    /// Lifetime, e.g. `1h`, `30m`, `7d`; `0s` mints a token without `exp`. [default: 1h]
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    ttl: Duration,
-    /// Topic glob the token may subscribe to; repeatable. [default: any topic]
-    #[arg(long)]
-    subscribe: Vec<String>,
-    /// Topic glob the token may publish to; repeatable. [default: any topic]
-    #[arg(long)]
-    publish: Vec<String>,
-    /// The server's HS256 secret.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    pub log: Option<String>,
 }
 
 /// Binary-only settings that may also appear in the TOML file.
@@ -194,94 +156,73 @@ struct FileOnly {
     log: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Token(args) => {
-            // A token signed with a secret the server refuses would never work.
-            if args.jwt_secret.len() < tidings_server::MIN_SECRET_BYTES {
-                return Err(tidings_server::ConfigError::WeakSecret {
-                    len: args.jwt_secret.len(),
-                }
-                .into());
-            }
-            let spec = TokenSpec {
-                sub: args.sub,
-                ttl: (!args.ttl.is_zero()).then_some(args.ttl),
-                subscribe: args.subscribe,
-                publish: args.publish,
-            };
-            println!("{}", tidings_server::mint_token(&args.jwt_secret, &spec)?);
-            Ok(())
-        }
-        Command::Serve(args) => serve(*args),
-    }
+/// Everything a command needs, merged from every source.
+pub struct Settings {
+    /// The library's configuration.
+    pub config: Config,
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// The log filter.
+    pub log: String,
+    /// `--dev`: the throwaway secret in force (configured keys are ignored).
+    pub dev_secret: Option<String>,
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (mut config, file) = load_file(args.config.as_deref())?;
-    let log = args
-        .log
-        .clone()
-        .or(file.log)
-        .unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).context("--log")?)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    let bind = args
-        .bind
-        .or(file.bind)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
-    apply_overrides(&mut config, &args);
-    // Dev mode mints tokens for anyone at /dev/token, so it must never sign with a real key:
-    // it always runs on its own throwaway secret.
-    let dev_secret = if args.dev {
-        if config.jwt_secret.is_some() || !config.jwt_public_keys.is_empty() {
-            tracing::warn!("dev mode: ignoring the configured JWT keys, using a throwaway secret");
-        }
-        let secret = random_secret()?;
-        config.jwt_secret = Some(secret.clone());
-        config.jwt_public_keys.clear();
-        Some(secret)
-    } else {
-        None
-    };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    runtime.block_on(async move {
-        let tidings = Tidings::new(config)?;
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("bind {bind}"))?;
-        let addr = listener.local_addr()?;
-        tracing::info!("listening on {addr}");
-        if let Some(secret) = &dev_secret {
-            announce_dev(addr, secret)?;
-        }
-        let mut app = tidings.router();
-        if let Some(secret) = dev_secret {
-            app = app.route(
-                "/dev/token",
-                axum::routing::get(move |q| dev_token(q, secret.clone())),
-            );
-        }
-        if let Some(dir) = &args.static_dir {
-            tracing::info!("serving {} at /", dir.display());
-            app = app.fallback_service(tower_http::services::ServeDir::new(dir));
-        }
-        let clean = tidings_server::serve(listener, app, &tidings, shutdown_signal()).await?;
-        if clean {
-            tracing::info!("shut down cleanly");
+impl Settings {
+    /// Merge defaults, the TOML file, the environment and the flags.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, or has unknown keys.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let (mut config, file) = load_file(args.config.as_deref())?;
+        let log = args
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".into());
+        let bind = args
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
+        apply_overrides(&mut config, args);
+        // Dev mode mints tokens for anyone at /dev/token, so it must never sign with a real
+        // key: it always runs on its own throwaway secret.
+        let dev_secret = if args.dev {
+            let secret = random_secret()?;
+            config.jwt_secret = Some(secret.clone());
+            config.jwt_public_keys.clear();
+            Some(secret)
         } else {
-            tracing::warn!("shutdown deadline reached; remaining connections were dropped");
-        }
-        Ok(())
-    })
+            None
+        };
+        Ok(Settings {
+            config,
+            bind,
+            log,
+            dev_secret,
+        })
+    }
+
+    /// The effective settings as TOML, secrets replaced by a note of their length, so they
+    /// can be shown and logged.
+    pub fn redacted_toml(&self) -> anyhow::Result<String> {
+        let mut config = self.config.clone();
+        let note = |secret: &Option<String>| {
+            secret
+                .as_ref()
+                .map(|s| format!("<redacted, {} bytes>", s.len()))
+        };
+        config.jwt_secret = if self.dev_secret.is_some() {
+            Some("<throwaway dev secret>".into())
+        } else {
+            note(&config.jwt_secret)
+        };
+        config.api_key = note(&config.api_key);
+        let mut table = toml::Table::try_from(&config).context("render the configuration")?;
+        table.insert("bind".into(), toml::Value::String(self.bind.to_string()));
+        table.insert("log".into(), toml::Value::String(self.log.clone()));
+        Ok(toml::to_string(&table)?)
+    }
 }
 
 fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<(Config, FileOnly)> {
@@ -383,82 +324,9 @@ fn random_secret() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn announce_dev(addr: SocketAddr, secret: &str) -> anyhow::Result<()> {
-    let spec = TokenSpec {
-        sub: "dev".into(),
-        ttl: Some(Duration::from_secs(24 * 3600)),
-        ..TokenSpec::default()
-    };
-    let token = tidings_server::mint_token(secret, &spec)?;
-    tracing::warn!("dev mode: throwaway JWT secret, do not use in production");
-    tracing::info!("dev token (user \"dev\", 24h): ws://{addr}/ws?token={token}");
-    Ok(())
-}
-
-/// `GET /dev/token?sub=NAME` in `--dev` mode only: a 24 h token for any user, so the demo
-/// page (and anyone on this machine) can connect without a backend. Never enabled otherwise.
-async fn dev_token(
-    axum::extract::Query(query): axum::extract::Query<DevTokenQuery>,
-    secret: String,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let sub = query.sub.unwrap_or_else(|| "dev".into());
-    if sub.is_empty() || sub.len() > 64 {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            "sub must be 1 to 64 bytes",
-        )
-            .into_response();
-    }
-    let spec = TokenSpec {
-        sub,
-        ttl: Some(Duration::from_secs(24 * 3600)),
-        ..TokenSpec::default()
-    };
-    match tidings_server::mint_token(&secret, &spec) {
-        Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
-        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// Query of `/dev/token`.
-#[derive(serde::Deserialize)]
-struct DevTokenQuery {
-    sub: Option<String>,
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
 
     #[test]
     fn file_settings_split_between_binary_and_library() {
