@@ -33,13 +33,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tidings_protocol::client::{History, Read};
 use tidings_protocol::server::{Appended, Error as ErrorMessage};
-use tidings_protocol::{ErrorCode, Json, MAX_ID_LEN, NewEvent, ServerMessage};
+use tidings_protocol::{ErrorCode, Json, NewEvent, ServerMessage};
 
 use crate::config::Config;
-use crate::connection;
+use crate::ops::{self, AppendOp, OpError, PublishOp, Routed, Who};
 use crate::state::Shared;
-use crate::store::StoreError;
-use crate::topic::{self, TopicError};
+use crate::store::{StoreError, reply_channel};
+use crate::topic::TopicError;
 
 /// The `from` of every message published or appended through this API, so subscribers can
 /// tell backend messages from client (`client_id`) and embedded (`"server"`) ones.
@@ -116,36 +116,35 @@ async fn publish(
     State(shared): State<Arc<Shared>>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<JsonResponse<PublishedBody>, ApiError> {
-    valid_name(&body.topic, &shared.config)?;
-    if body.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
-        return Err(ApiError::BadRequest(format!(
-            "id is longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    if shared.retention.is_ephemeral(&body.topic) {
-        let topic = body.topic.clone();
-        let delivery = shared
-            .hub
-            .publish(None, API_CLIENT, body.topic, body.data, Instant::now());
-        return Ok(JsonResponse(PublishedBody {
+    let topic = body.topic.clone();
+    let (reply, committed) = reply_channel();
+    let op = PublishOp {
+        topic: body.topic,
+        data: body.data,
+        from: API_CLIENT.to_owned(),
+        origin: None,
+        id: body.id,
+        started: Instant::now(),
+    };
+    match ops::publish(&shared.ops, Who::Trusted, op, Some(reply)).await? {
+        Routed::Ephemeral { queued } => Ok(JsonResponse(PublishedBody {
             r#type: "published",
             topic,
             offset: None,
             epoch: None,
-            queued: Some(delivery.queued),
-        }));
+            queued: Some(queued),
+        })),
+        Routed::Durable => {
+            let committed = committed.await.map_err(|_| StoreError::Closed)??;
+            Ok(JsonResponse(PublishedBody {
+                r#type: "published",
+                topic: committed.topic,
+                offset: Some(committed.offset),
+                epoch: Some(committed.epoch),
+                queued: None,
+            }))
+        }
     }
-    let committed = shared
-        .store
-        .publish(&body.topic, body.data, API_CLIENT, body.id)
-        .await?;
-    Ok(JsonResponse(PublishedBody {
-        r#type: "published",
-        topic: committed.topic,
-        offset: Some(committed.offset),
-        epoch: Some(committed.epoch),
-        queued: None,
-    }))
 }
 
 /// Query of `GET /api/topics/{topic}/history`.
@@ -167,14 +166,15 @@ async fn history(
     Checked(Query(query)): Checked<Query<HistoryQuery>>,
 ) -> Result<JsonResponse<ServerMessage>, ApiError> {
     let topic = path.strip_suffix("/history").ok_or(ApiError::NoEndpoint)?;
-    stored_name(topic, &shared)?;
     let request = History {
         topic: topic.to_owned(),
         since: query.since,
         limit: query.limit,
         r#ref: None,
     };
-    Ok(JsonResponse(connection::history(&shared, request).await?))
+    Ok(JsonResponse(
+        ops::history(&shared.ops, Who::Trusted, request).await?,
+    ))
 }
 
 /// `POST /api/streams/{stream}/events` body.
@@ -196,16 +196,15 @@ async fn append(
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<(StatusCode, JsonResponse<ServerMessage>), ApiError> {
     let stream = path.strip_suffix("/events").ok_or(ApiError::NoEndpoint)?;
-    stored_name(stream, &shared)?;
-    if body.events.is_empty() {
-        return Err(ApiError::BadRequest(
-            "append needs at least one event".into(),
-        ));
-    }
-    let committed = shared
-        .store
-        .append(stream, body.expected_version, body.events, API_CLIENT)
-        .await?;
+    let (reply, committed) = reply_channel();
+    let op = AppendOp {
+        stream: stream.to_owned(),
+        expected: body.expected_version,
+        events: body.events,
+        from: API_CLIENT.to_owned(),
+    };
+    ops::append(&shared.ops, Who::Trusted, op, Some(reply)).await?;
+    let committed = committed.await.map_err(|_| StoreError::Closed)??;
     let appended = ServerMessage::Appended(Appended {
         r#ref: None,
         stream: committed.topic,
@@ -230,33 +229,19 @@ async fn read_stream(
     Checked(Path(stream)): Checked<Path<String>>,
     Checked(Query(query)): Checked<Query<ReadQuery>>,
 ) -> Result<JsonResponse<ServerMessage>, ApiError> {
-    stored_name(&stream, &shared)?;
-    if shared.store.head(&stream).is_none() {
-        return Err(ApiError::NoStream(stream));
-    }
     let request = Read {
         stream,
         from_version: query.from_version,
         r#ref: None,
     };
-    Ok(JsonResponse(connection::read(&shared, request).await?))
-}
-
-/// A topic or stream name the WebSocket would accept too.
-fn valid_name(name: &str, config: &Config) -> Result<(), ApiError> {
-    topic::validate(name, config).map_err(|error| ApiError::InvalidName {
-        name: name.to_owned(),
-        error,
-    })
-}
-
-/// A valid name that is stored: history and streams do not exist for ephemeral topics.
-fn stored_name(name: &str, shared: &Shared) -> Result<(), ApiError> {
-    valid_name(name, &shared.config)?;
-    if shared.retention.is_ephemeral(name) {
-        return Err(ApiError::Ephemeral(name.to_owned()));
+    // Checked (name, ephemeral) before asking whether it exists: a 400 is more useful.
+    let reply = ops::read(&shared.ops, Who::Trusted, request).await?;
+    match &reply {
+        ServerMessage::Events(e) if e.version == 0 && e.events.is_empty() => {
+            Err(ApiError::NoStream(e.stream.clone()))
+        }
+        _ => Ok(JsonResponse(reply)),
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,7 +255,12 @@ impl FromRequestParts<Arc<Shared>> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
-        let expected = shared.config.api_key.as_deref().ok_or(ApiError::Disabled)?;
+        let expected = shared
+            .ops
+            .config
+            .api_key
+            .as_deref()
+            .ok_or(ApiError::Disabled)?;
         let given = presented_key(&parts.headers).ok_or(ApiError::MissingKey)?;
         if keys_match(given, expected.as_bytes()) {
             Ok(Authorized)
@@ -328,7 +318,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
     async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(request, shared)
             .await
-            .map_err(|e| ApiError::body(e, shared.config.max_message_bytes))?;
+            .map_err(|e| ApiError::body(e, shared.ops.config.max_message_bytes))?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -389,6 +379,19 @@ impl ApiError {
             ApiError::TooLarge(limit)
         } else {
             ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::InvalidName { name, error } => ApiError::InvalidName { name, error },
+            OpError::Ephemeral(name) => ApiError::Ephemeral(name),
+            OpError::Invalid(message) => ApiError::BadRequest(message),
+            // The API is trusted: nothing is forbidden to it.
+            OpError::Forbidden { .. } => ApiError::BadRequest(e.to_string()),
+            OpError::Store(e) => ApiError::Store(e),
         }
     }
 }

@@ -11,7 +11,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::retention::Retention;
 pub use crate::retention::RetentionRule;
-pub use crate::store::StoreKind;
+
+/// Which storage to use.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite under the data directory: survives restarts and crashes.
+    Sqlite,
+    /// Process memory: history is bounded by retention and lost on restart.
+    Memory,
+}
+
+impl StoreKind {
+    /// The name used in flags and `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Memory => "memory",
+        }
+    }
+}
 
 /// Everything the server needs to know to run. `Config::default()` is a sane production
 /// setup except for the JWT key, which has no default.

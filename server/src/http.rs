@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::ErrorCode;
 
-use crate::connection;
 use crate::limits::LimitError;
 use crate::state::Shared;
+use crate::ws;
 
 /// The router of one server instance.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -30,7 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::api::routes(&shared.config))
+        .merge(crate::api::routes(&shared.ops.config))
         .with_state(shared)
 }
 
@@ -70,15 +70,15 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if shared.shutdown.is_cancelled() {
-        shared.metrics.refused("shutting_down");
+        shared.ops.metrics.refused("shutting_down");
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "server is shutting down",
         );
     }
-    if !origin_allowed(&shared.config.allowed_origins, &headers) {
-        shared.metrics.refused("origin");
+    if !origin_allowed(&shared.ops.config.allowed_origins, &headers) {
+        shared.ops.metrics.refused("origin");
         return refuse(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -95,10 +95,10 @@ async fn upgrade(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let identity = match shared.auth.verify(&token) {
+    let identity = match shared.ops.auth.verify(&token) {
         Ok(identity) => identity,
         Err(e) => {
-            shared.metrics.refused("auth");
+            shared.ops.metrics.refused("auth");
             tracing::debug!(error = %e, "refused token");
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -107,12 +107,13 @@ async fn upgrade(
             );
         }
     };
-    let ip =
-        ip.map(|peer| crate::forwarded::client_ip(&shared.config.trusted_proxies, peer, &headers));
+    let ip = ip.map(|peer| {
+        crate::forwarded::client_ip(&shared.ops.config.trusted_proxies, peer, &headers)
+    });
     let permit = match shared.limits.acquire(ip) {
         Ok(permit) => permit,
         Err(e @ LimitError::Total(_)) => {
-            shared.metrics.refused("max_connections");
+            shared.ops.metrics.refused("max_connections");
             tracing::warn!("refusing connection: {e}");
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -121,7 +122,7 @@ async fn upgrade(
             );
         }
         Err(e @ LimitError::PerIp(_)) => {
-            shared.metrics.refused("max_connections_per_ip");
+            shared.ops.metrics.refused("max_connections_per_ip");
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::Unavailable,
@@ -129,16 +130,14 @@ async fn upgrade(
             );
         }
     };
-    let config = &shared.config;
+    let config = &shared.ops.config;
     let limit = config.max_message_bytes;
     let tracker = shared.sessions.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            tracker.track_future(connection::run(socket, shared, identity, permit))
-        })
+        .on_upgrade(move |socket| tracker.track_future(ws::run(socket, shared, identity, permit)))
 }
 
 /// Read buffer per connection. tungstenite zero-fills it and keeps it for the connection's
@@ -168,7 +167,7 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 /// writer stopped), so a load balancer stops sending clients to a node that would lose them.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let shutting_down = shared.shutdown.is_cancelled();
-    let store = shared.store.health();
+    let store = shared.ops.store.health();
     let status = match (&store, shutting_down) {
         (_, true) => "shutting_down",
         (Err(_), false) => "degraded",
@@ -177,15 +176,15 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = json!({
         "status": status,
         "clients": shared.limits.current(),
-        "topics": shared.hub.topic_count(),
-        "subscriptions": shared.metrics.subscriptions.get(),
+        "topics": shared.ops.hub.topic_count(),
+        "subscriptions": shared.ops.metrics.subscriptions.get(),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("TIDINGS_GIT_COMMIT"),
         "node": shared.node,
-        "store": shared.store.kind().as_str(),
-        "durable": shared.store.kind() == crate::store::StoreKind::Sqlite,
-        "stored_topics": shared.store.topic_count(),
+        "store": shared.ops.store.kind().as_str(),
+        "durable": shared.ops.store.kind() == crate::store::StoreKind::Sqlite,
+        "stored_topics": shared.ops.store.topic_count(),
     });
     if let Err(error) = store {
         body["store_error"] = json!(error);
@@ -214,7 +213,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
             Some("the server is shutting down".to_owned()),
         )
     } else {
-        match shared.store.health() {
+        match shared.ops.store.health() {
             Ok(()) => ("ready", None),
             Err(e) => ("degraded", Some(e)),
         }
@@ -237,7 +236,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        shared.ops.metrics.encode(),
     )
         .into_response()
 }

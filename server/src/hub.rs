@@ -1,9 +1,9 @@
 //! The hub: which connections subscribe to which topic, and fan-out.
 //!
-//! Architecture invariant: the hub knows nothing about sockets, JSON parsing or storage.
-//! It holds one [`Mailbox`] per (topic, connection) and pushes already-encoded frames into
-//! them. A publish encodes its `message` frame once; every subscriber gets a clone of the
-//! same reference-counted buffer.
+//! Architecture invariant: the hub knows nothing about sockets, JSON or storage. It holds one
+//! [`Mailbox`] per (topic, connection) and pushes already-encoded frames into them: a publish
+//! is encoded once (by the operations layer, with the protocol's constructors) and every
+//! subscriber gets a clone of the same reference-counted buffer.
 //!
 //! A publisher never waits: frames are queued with `try_send`. A mailbox whose queue is full
 //! belongs to a slow consumer: the hub trips its overflow signal and moves on; the session
@@ -18,12 +18,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tidings_protocol::server::Message;
-use tidings_protocol::{Json, ServerMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
 use crate::metrics::Metrics;
 
 /// Identifies one connection inside this process.
@@ -358,17 +355,16 @@ impl Hub {
         true
     }
 
-    /// Encode one `message` frame and queue it for every subscriber of `topic` except the
-    /// publisher (`from`). Never waits.
+    /// Queue one already-encoded frame for every subscriber of `topic` except the publishing
+    /// connection (`from`). `frame` is called only if someone subscribes. Never waits.
     pub fn publish(
         &self,
+        topic: &str,
         from: Option<ConnId>,
-        from_client: &str,
-        topic: String,
-        data: Json,
+        frame: impl FnOnce() -> Utf8Bytes,
         started: Instant,
     ) -> Delivery {
-        let entry = self.topic(&topic);
+        let entry = self.topic(topic);
         self.metrics.publishes.inc();
         let Some(entry) = entry else {
             return Delivery {
@@ -376,7 +372,7 @@ impl Hub {
                 overflowed: 0,
             };
         };
-        let frame = encode_message(topic, data, from_client.to_owned());
+        let frame = frame();
         let mut delivery = Delivery {
             queued: 0,
             overflowed: 0,
@@ -446,18 +442,6 @@ impl Hub {
 }
 
 /// Encode a `message` frame once, into a buffer that is shared by every subscriber.
-fn encode_message(topic: String, data: Json, from: String) -> Utf8Bytes {
-    let msg = ServerMessage::Message(Message {
-        topic,
-        data,
-        from,
-        timestamp: clock::now_rfc3339(),
-        offset: None,
-        epoch: None,
-    });
-    Utf8Bytes::from(msg.encode())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,8 +454,12 @@ mod tests {
         )
     }
 
-    fn data(text: &str) -> Json {
-        serde_json::from_str(text).expect("json")
+    /// A `message` frame as the operations layer encodes it.
+    fn frame(from: &str, data: &str) -> Utf8Bytes {
+        let data: tidings_protocol::Json = serde_json::from_str(data).expect("json");
+        let msg =
+            tidings_protocol::server::Message::live("t".into(), data, from.into(), "now".into());
+        Utf8Bytes::from(tidings_protocol::ServerMessage::Message(msg).encode())
     }
 
     #[test]
@@ -483,10 +471,9 @@ mod tests {
         assert!(!hub.subscribe("t", &a), "second subscribe is a no-op");
         assert!(hub.subscribe("t", &b));
         let d = hub.publish(
+            "t",
             Some(a.id()),
-            "client-a",
-            "t".into(),
-            data("{\"x\":1}"),
+            || frame("client-a", "{\"x\":1}"),
             Instant::now(),
         );
         assert_eq!(
@@ -500,8 +487,8 @@ mod tests {
         let Ok(Outbound::Frame(frame)) = rx_b.try_recv() else {
             panic!("b got nothing")
         };
-        let msg = ServerMessage::decode(frame.as_str()).expect("decode");
-        let ServerMessage::Message(m) = msg else {
+        let msg = tidings_protocol::ServerMessage::decode(frame.as_str()).expect("decode");
+        let tidings_protocol::ServerMessage::Message(m) = msg else {
             panic!("not a message")
         };
         assert_eq!(
@@ -554,7 +541,7 @@ mod tests {
         hub.subscribe("t", &slow);
         hub.subscribe("t", &fast);
         for _ in 0..3 {
-            hub.publish(None, "server", "t".into(), data("1"), Instant::now());
+            hub.publish("t", None, || frame("server", "1"), Instant::now());
             assert!(rx_fast.try_recv().is_ok());
         }
         assert!(slow.overflow.is_cancelled());
@@ -570,7 +557,7 @@ mod tests {
         assert!(hub.unsubscribe("t", a.id()));
         assert!(!hub.unsubscribe("t", a.id()));
         assert_eq!(hub.topic_count(), 0);
-        let d = hub.publish(None, "server", "t".into(), data("1"), Instant::now());
+        let d = hub.publish("t", None, || frame("server", "1"), Instant::now());
         assert_eq!(d.queued, 0);
     }
 

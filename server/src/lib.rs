@@ -2,21 +2,22 @@
 //!
 //! Map of the crate (each module has one job):
 //!
-//! * [`config`] — every setting and its default.
-//! * `auth` — JWT verification, identities and topic permissions; token minting.
-//! * `topic` — topic name rules and permission patterns.
-//! * `http` — the axum routes: `/ws` upgrade (all refusals happen here), `/health`, `/metrics`.
-//! * `api` — the backend HTTP API under `/api` (API key): publish, history, append, read.
-//! * `connection` — socket glue: reader loop, writer task, heartbeats, close codes.
-//! * `session` — one connection's protocol logic, no I/O (unit-tested on the host).
-//! * `hub` — topic → subscriber mailboxes; encode-once fan-out that never waits.
-//! * `limits` — connection counts in total and per IP.
-//! * `metrics` — the Prometheus registry of one instance.
-//! * [`store`](Store) — durable history: the single writer (group commit, offsets, fan-out
-//!   after commit) and the SQLite / memory backends.
-//! * `retention` — which topics are ephemeral and how long others are kept.
-//! * [`Repository`] — event-sourced aggregates for Rust code: load from snapshot + events,
-//!   save with the expected version, snapshot every N events.
+//! Layers, each using only the ones below it (a test keeps it so; ARCHITECTURE.md has the
+//! picture):
+//!
+//! 1. leaves — [`config`] (every setting, its default and range), `auth` (JWT verification,
+//!    identities), `topic` (names, permission patterns), `retention`, `limits`, `metrics`,
+//!    `clock`, `forwarded` (client IPs behind proxies);
+//! 2. [`store`](Store) — the durable log only (offsets, idempotency, versions, group commit,
+//!    retention), and `hub` — fan-out only (topic → bounded mailboxes, never waits);
+//! 3. `ops` — the operations every transport calls: publish, history, read, append,
+//!    subscribe; each validates, authorizes and routes ephemeral/durable once;
+//! 4. `state` — one instance's shared state;
+//! 5. transports — `ws` (the sans-IO session, the connection, its writer, the cursor rule),
+//!    `api` (the backend HTTP API), [`Repository`] (event-sourced aggregates for Rust code);
+//! 6. `http` (routes; every refusal happens before the upgrade) and `listener` (serving
+//!    HTTP with timeouts and per-IP caps);
+//! 7. this file: [`Tidings`] and [`serve`].
 //!
 //! Embedding: build a [`Tidings`], nest [`Tidings::router`] in your app, publish from your
 //! code with [`Tidings::publish`], and call [`Tidings::shutdown`] on the way out.
@@ -36,19 +37,19 @@ mod api;
 mod auth;
 mod clock;
 pub mod config;
-mod connection;
 mod forwarded;
 mod http;
 mod hub;
 mod limits;
 mod listener;
 mod metrics;
+mod ops;
 mod repository;
 mod retention;
-mod session;
 mod state;
 mod store;
 mod topic;
+mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,6 +102,9 @@ pub enum PublishError {
     /// The topic name is not valid.
     #[error(transparent)]
     InvalidTopic(#[from] topic::TopicError),
+    /// The publish was refused before the store (an overlong id, say).
+    #[error("{0}")]
+    Refused(String),
     /// The payload could not be serialized to JSON.
     #[error("payload is not serializable: {0}")]
     Payload(#[from] serde_json::Error),
@@ -118,6 +122,16 @@ pub struct Published {
     pub epoch: Option<String>,
     /// Subscribers it was queued for (ephemeral topics).
     pub queued: Option<usize>,
+}
+
+impl From<ops::OpError> for PublishError {
+    fn from(e: ops::OpError) -> Self {
+        match e {
+            ops::OpError::InvalidName { error, .. } => PublishError::InvalidTopic(error),
+            ops::OpError::Store(e) => PublishError::Store(e),
+            other => PublishError::Refused(other.to_string()),
+        }
+    }
 }
 
 impl Tidings {
@@ -143,34 +157,36 @@ impl Tidings {
         topic: &str,
         data: &T,
     ) -> Result<Published, PublishError> {
-        topic::validate(topic, &self.shared.config)?;
         let data = serde_json::value::to_raw_value(data)?;
-        if self.shared.retention.is_ephemeral(topic) {
-            let delivery =
-                self.shared
-                    .hub
-                    .publish(None, "server", topic.to_owned(), data, Instant::now());
-            return Ok(Published {
+        let (reply, committed) = store::reply_channel();
+        let op = ops::PublishOp {
+            topic: topic.to_owned(),
+            data,
+            from: "server".to_owned(),
+            origin: None,
+            id: None,
+            started: Instant::now(),
+        };
+        match ops::publish(&self.shared.ops, ops::Who::Trusted, op, Some(reply)).await? {
+            ops::Routed::Ephemeral { queued } => Ok(Published {
                 offset: None,
                 epoch: None,
-                queued: Some(delivery.queued),
-            });
+                queued: Some(queued),
+            }),
+            ops::Routed::Durable => {
+                let committed = committed.await.map_err(|_| StoreError::Closed)??;
+                Ok(Published {
+                    offset: Some(committed.offset),
+                    epoch: Some(committed.epoch),
+                    queued: None,
+                })
+            }
         }
-        let committed = self
-            .shared
-            .store
-            .publish(topic, data, "server", None)
-            .await?;
-        Ok(Published {
-            offset: Some(committed.offset),
-            epoch: Some(committed.epoch),
-            queued: None,
-        })
     }
 
     /// The durable store (history, streams, snapshots) of this instance.
     pub fn store(&self) -> &Store {
-        &self.shared.store
+        &self.shared.ops.store
     }
 
     /// Open WebSocket sessions.
@@ -180,12 +196,12 @@ impl Tidings {
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
-        &self.shared.config
+        &self.shared.ops.config
     }
 
     /// Prometheus text of this instance's metrics.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.encode()
+        self.shared.ops.metrics.encode()
     }
 
     /// Begin a graceful shutdown: refuse new upgrades and close every session with 1001.
@@ -198,13 +214,13 @@ impl Tidings {
     /// `shutdown_timeout`. Returns false if sessions were still open at the deadline.
     pub async fn shutdown(&self) -> bool {
         self.begin_shutdown();
-        let deadline = self.shared.config.shutdown_timeout;
+        let deadline = self.shared.ops.config.shutdown_timeout;
         let clean = tokio::time::timeout(deadline, self.shared.sessions.wait())
             .await
             .is_ok();
         // Everything acknowledged is already committed; this waits for publishes still in
         // flight from the sessions that just closed.
-        let _ = tokio::time::timeout(deadline, self.shared.store.flush()).await;
+        let _ = tokio::time::timeout(deadline, self.shared.ops.store.flush()).await;
         clean
     }
 }
@@ -241,7 +257,7 @@ pub async fn serve(
         _ = tidings.shared.shutdown.cancelled() => {}
     }
     // Shutdown has begun: sessions are closing with 1001 and the listener is closed.
-    let deadline = tidings.shared.config.shutdown_timeout;
+    let deadline = tidings.shared.ops.config.shutdown_timeout;
     let (served, clean) = tokio::join!(
         tokio::time::timeout(deadline, &mut http),
         tidings.shutdown()

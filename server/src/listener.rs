@@ -35,7 +35,7 @@ use crate::state::Shared;
 /// # Errors
 /// Never for one bad connection; only if the listener itself fails for good.
 pub async fn run(listener: TcpListener, app: Router, shared: Arc<Shared>) -> io::Result<()> {
-    let config = &shared.config;
+    let config = &shared.ops.config;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.http_header_timeout)
@@ -67,7 +67,7 @@ pub async fn run(listener: TcpListener, app: Router, shared: Arc<Shared>) -> io:
             match shared.http_connections.acquire(Some(ip)) {
                 Ok(permit) => Some(permit),
                 Err(e) => {
-                    shared.metrics.refused("max_http_connections_per_ip");
+                    shared.ops.metrics.refused("max_http_connections_per_ip");
                     tracing::debug!(%ip, "refusing HTTP connection: {e}");
                     tokio::spawn(refuse(tcp, e.to_string()));
                     continue;

@@ -12,8 +12,9 @@ use tidings_protocol::Aggregate;
 use tidings_protocol::aggregate::{EventError, Versioned};
 use tidings_protocol::server::Snapshot;
 
-use crate::connection::event_of;
-use crate::store::{Store, StoreError};
+use tidings_protocol::server::StoredEvent;
+
+use crate::store::{Row, Store, StoreError};
 
 /// Events read per page while loading.
 const LOAD_PAGE: usize = 1000;
@@ -89,7 +90,7 @@ impl<A: Aggregate> Repository<A> {
                 .into());
             }
             for row in rows {
-                match current.apply_stored(&event_of(row)) {
+                match current.apply_stored(&event(row)) {
                     Ok(()) => {}
                     Err(e @ EventError::OutOfOrder { .. }) => return Err(e.into()),
                     Err(e) => tracing::warn!(stream = id, "skipping event: {e}"),
@@ -128,4 +129,9 @@ impl<A: Aggregate> Repository<A> {
         }
         Ok(current.version)
     }
+}
+
+/// A stored row of a stream as its event.
+fn event(row: Row) -> StoredEvent {
+    StoredEvent::from_stored(row.offset, row.event_type, row.data, row.timestamp)
 }

@@ -1,4 +1,5 @@
-//! State shared by every connection of one server instance.
+//! State shared by every connection of one server instance: the operations context and what
+//! only the transports need (connection limits, the shutdown switch, the session tracker).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,32 +7,19 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
+use crate::clock::{self, Clock};
 use crate::config::{Config, ConfigError};
-use crate::hub::Hub;
 use crate::limits::ConnLimits;
-use crate::metrics::Metrics;
-use crate::retention::Retention;
-use crate::store::{Store, StoreConfig};
+use crate::ops::Ops;
 
 /// Everything a connection task needs, behind one `Arc`.
 pub struct Shared {
-    /// The validated configuration.
-    pub config: Config,
-    /// Token verification.
-    pub auth: Authenticator,
-    /// Topics and fan-out.
-    pub hub: Arc<Hub>,
-    /// Durable history and event streams.
-    pub store: Store,
-    /// Which topics are ephemeral, and how long others are kept.
-    pub retention: Retention,
+    /// Configuration, token verification, retention, metrics, hub and store.
+    pub ops: Ops,
     /// WebSocket session counting (total and per IP).
     pub limits: ConnLimits,
     /// HTTP connections that are not WebSockets, per client IP (see `listener`).
     pub http_connections: ConnLimits,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
     /// Cancelled when graceful shutdown begins; every session watches it.
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
@@ -44,38 +32,28 @@ pub struct Shared {
 
 impl Shared {
     /// Validate `config` and build the shared state.
+    ///
+    /// # Errors
+    /// As [`Ops::with_clock`].
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        config.validate()?;
-        let auth = Authenticator::from_config(&config)?;
-        let retention = config.compile_retention()?;
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
-        let store = Store::open(
-            &StoreConfig {
-                kind: config.store,
-                data_dir: config.data_dir.clone(),
-                fsync: config.fsync,
-                retention: retention.clone(),
-                queue: 8192,
-                dedup_window: config.dedup_window,
-                max_read_bytes: config.max_reply_bytes,
-            },
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-        )?;
+        Self::with_clock(config, clock::system())
+    }
+
+    /// As [`Shared::new`], with the store reading time from `clock`.
+    ///
+    /// # Errors
+    /// As [`Ops::with_clock`].
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        let ops = Ops::with_clock(config, clock)?;
+        let config = &ops.config;
         Ok(Shared {
-            auth,
-            hub,
-            store,
-            retention,
             limits: ConnLimits::new(config.max_connections, config.max_connections_per_ip),
             http_connections: ConnLimits::new(usize::MAX, config.max_http_connections_per_ip),
-            metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             node: node_id(),
             started: Instant::now(),
-            config,
+            ops,
         })
     }
 }

@@ -349,34 +349,6 @@ async fn appends_at_the_same_expected_version_exactly_one_wins() {
     );
 }
 
-#[tokio::test]
-async fn an_id_is_forgotten_after_the_dedup_window() {
-    let server = start(Config {
-        dedup_window: Duration::from_millis(100),
-        ..config()
-    })
-    .await;
-    let publish = r#"{"type":"publish","topic":"t","data":1,"id":"once","ref":"p"}"#;
-    let mut c = server.connect("c").await;
-    let ServerMessage::Published(a) = c.request(publish).await else {
-        panic!()
-    };
-    let ServerMessage::Published(b) = c.request(publish).await else {
-        panic!()
-    };
-    assert_eq!(a.offset, b.offset, "within the window: the same message");
-    // The window is the behaviour under test: let it pass.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let ServerMessage::Published(later) = c.request(publish).await else {
-        panic!()
-    };
-    assert_eq!(
-        later.offset,
-        Some(2),
-        "after the window the id is new again"
-    );
-}
-
 /// The error code and ref of a reply (panics on anything but an error).
 fn error_of(reply: &ServerMessage) -> (ErrorCode, Option<String>) {
     match reply {

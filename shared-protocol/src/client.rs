@@ -138,6 +138,26 @@ pub struct NewEvent {
     pub data: Json,
 }
 
+impl NewEvent {
+    /// The event as a stream stores it, and as its subscribers receive it in `message.data`:
+    /// `{"type": <type>, "data": <data>}`. [`crate::server::StoredEvent::from_stored`] reads it
+    /// back.
+    ///
+    /// # Errors
+    /// Only if serialization fails, which it cannot for a string and raw JSON.
+    pub fn to_stored(&self) -> Result<Json, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            r#type: &'a str,
+            data: &'a crate::RawValue,
+        }
+        serde_json::value::to_raw_value(&Envelope {
+            r#type: &self.r#type,
+            data: &self.data,
+        })
+    }
+}
+
 /// `append`: add events to a stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Append {

@@ -123,6 +123,40 @@ pub struct Message {
     pub epoch: Option<String>,
 }
 
+impl Message {
+    /// A message of a durable topic, as live fan-out, replay, catch-up and `history` all send
+    /// it: the one place its shape is decided.
+    pub fn stored(
+        topic: &str,
+        data: Json,
+        from: &str,
+        timestamp: &str,
+        offset: u64,
+        epoch: &str,
+    ) -> Message {
+        Message {
+            topic: topic.to_owned(),
+            data,
+            from: from.to_owned(),
+            timestamp: timestamp.to_owned(),
+            offset: Some(offset),
+            epoch: Some(epoch.to_owned()),
+        }
+    }
+
+    /// A message of an ephemeral topic (no offset, no epoch), as the template sends it.
+    pub fn live(topic: String, data: Json, from: String, timestamp: String) -> Message {
+        Message {
+            topic,
+            data,
+            from,
+            timestamp,
+            offset: None,
+            epoch: None,
+        }
+    }
+}
+
 /// `pong`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Pong {
@@ -226,6 +260,36 @@ pub struct StoredEvent {
     pub data: Json,
     /// When it was stored, RFC 3339.
     pub timestamp: String,
+}
+
+impl StoredEvent {
+    /// An event as read back from its stream: `stored` is what
+    /// [`crate::NewEvent::to_stored`] wrote when `event_type` is known; anything else (a plain
+    /// publish to the stream) reads as an event of type `"message"` carrying the payload.
+    pub fn from_stored(
+        version: u64,
+        event_type: Option<String>,
+        stored: Json,
+        timestamp: String,
+    ) -> StoredEvent {
+        #[derive(Deserialize)]
+        struct Envelope {
+            data: Json,
+        }
+        let (r#type, data) = match event_type {
+            Some(t) => match serde_json::from_str::<Envelope>(stored.get()) {
+                Ok(envelope) => (t, envelope.data),
+                Err(_) => (t, stored),
+            },
+            None => ("message".to_owned(), stored),
+        };
+        StoredEvent {
+            version,
+            r#type,
+            data,
+            timestamp,
+        }
+    }
 }
 
 /// A stream's state folded up to a version, saved so loads need not replay everything.

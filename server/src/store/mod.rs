@@ -12,15 +12,27 @@
 //! implement both halves: SQLite (`sqlite.rs`, the embedded default, WAL mode) and memory
 //! (`memory.rs`, nothing survives a restart).
 //!
-//! Background work (retention, freeing the state of topics that hold nothing) is scheduled by
-//! what changed, so its cost follows the writes, not the number of topics ever written.
+//! Background work (retention, freeing the state of topics that hold nothing, `upkeep.rs`) is
+//! scheduled by what changed, so its cost follows the writes, not the number of topics ever
+//! written.
 //!
-//! Architecture invariant: the store knows nothing about sockets or sessions; it talks to the
-//! hub (fan-out) and to [`Reply`] targets (a connection's mailbox, or a oneshot for Rust callers).
+//! The writer's decisions (offsets, idempotency, expected versions) are a pure function of a
+//! batch, the heads and the time (`plan.rs`), tested on plain data. Time comes from a
+//! [`Clock`], so the dedup window and age retention are tested without sleeping.
+//!
+//! **Architecture invariant:** the store owns only the log. It knows nothing of sockets, frames
+//! or subscribers: committed batches go to a [`Listeners`] (the fan-out side implements it)
+//! and each command's outcome to its [`Reply`] callback. This is the seam another backend
+//! (Redis) plugs into.
 
 mod memory;
+mod plan;
 mod sqlite;
+mod upkeep;
 mod writer;
+
+#[cfg(test)]
+mod tests;
 
 pub use sqlite::{BackupReport, backup};
 
@@ -33,7 +45,8 @@ use std::time::Instant;
 use tidings_protocol::{Json, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{Hub, Mailbox};
+use crate::clock::Clock;
+pub use crate::config::StoreKind;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 
@@ -177,24 +190,9 @@ pub struct Committed {
     pub epoch: String,
 }
 
-/// Where the writer sends the outcome of a command.
-pub enum Reply {
-    /// Nobody is waiting.
-    None,
-    /// A WebSocket client: the writer pushes `published` / `appended` / `error` frames into
-    /// its mailbox (waiting for room like every reply, see [`Mailbox::offer_reply`]), echoing
-    /// `ref`.
-    Client {
-        /// The requesting connection.
-        mailbox: Mailbox,
-        /// The request's `ref`.
-        r#ref: Option<String>,
-        /// Whether a success needs a frame (a publish without `ref` is not acknowledged).
-        ack: bool,
-    },
-    /// A Rust caller awaiting the result.
-    Caller(oneshot::Sender<Result<Committed, StoreError>>),
-}
+/// Where the writer sends the outcome of a command: called once, on the writer thread, so it
+/// must not block (queue a frame, send on a channel).
+pub type Reply = Box<dyn FnOnce(Result<Committed, StoreError>) + Send>;
 
 /// A request to the writer.
 pub enum Command {
@@ -204,14 +202,15 @@ pub enum Command {
         topic: Arc<str>,
         /// Payload.
         data: Json,
-        /// Publisher's client id (or `"server"`).
+        /// Publisher's client id (or `"server"`, `"api"`).
         from: String,
-        /// The publishing connection (it gets no echo), if any.
-        publisher: Option<Mailbox>,
+        /// The publishing connection, handed back with the committed row so the fan-out can
+        /// skip it (no echo); the store gives it no meaning.
+        origin: Option<u64>,
         /// Idempotency key.
         id: Option<IdempotencyKey>,
         /// Who gets the outcome.
-        reply: Reply,
+        reply: Option<Reply>,
         /// When the publish was decoded (fan-out latency metric).
         started: Instant,
     },
@@ -226,7 +225,7 @@ pub enum Command {
         /// Appender's client id (or `"server"`).
         from: String,
         /// Who gets the outcome.
-        reply: Reply,
+        reply: Option<Reply>,
     },
     /// Save a snapshot of a stream's folded state.
     Snapshot {
@@ -259,26 +258,31 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Which storage to use.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// Embedded SQLite under the data directory: survives restarts and crashes.
-    Sqlite,
-    /// Process memory: history is bounded by retention and lost on restart.
-    Memory,
+/// A batch the writer just committed, in commit order, for the fan-out.
+pub struct Commit<'a> {
+    /// The committed rows; a topic's rows have consecutive offsets, in row order.
+    pub rows: &'a [Row],
+    /// For each row, the `origin` its publish carried.
+    pub origins: &'a [Option<u64>],
+    /// The new head of every topic the batch wrote (for its epoch).
+    pub heads: &'a HashMap<Arc<str>, Head>,
+    /// When the earliest publish of the batch was decoded.
+    pub started: Instant,
 }
 
-impl StoreKind {
-    /// The name used in flags and `/health`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Memory => "memory",
-        }
-    }
+/// The store's view of the fan-out side: where committed batches go, and who still listens to
+/// a topic (a topic's state is freed only while nobody does). Implemented outside the store,
+/// so the log never names the hub.
+pub trait Listeners: Send + Sync + 'static {
+    /// Fan out a committed batch (called on the writer thread, after the commit, before the
+    /// commands are answered). Must not block.
+    fn committed(&self, commit: &Commit<'_>);
+    /// Topics that lost their last subscriber since the last call.
+    fn released(&self) -> Vec<Arc<str>>;
+    /// Run `free` if nobody subscribes to `topic`, holding off new subscribers meanwhile;
+    /// returns whether it ran. A subscriber registers before it reads a topic's head, so it
+    /// never holds the head of a history freed under it.
+    fn free_if_unsubscribed(&self, topic: &str, free: &mut dyn FnMut()) -> bool;
 }
 
 /// Read access to stored messages and snapshots; safe to call from any thread.
@@ -435,7 +439,7 @@ impl Health {
 }
 
 /// Settings the store needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     /// Backend.
     pub kind: StoreKind,
@@ -452,6 +456,8 @@ pub struct StoreConfig {
     pub dedup_window: std::time::Duration,
     /// Most bytes one read returns (the first row is always returned).
     pub max_read_bytes: usize,
+    /// Where the writer reads the time (the dedup window, age retention, row timestamps).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Handle to the store: the writer's channel, a reader and the shared heads.
@@ -475,7 +481,7 @@ impl Store {
     /// [`StoreError::Backend`] when the backend cannot be opened or a thread not started.
     pub fn open(
         config: &StoreConfig,
-        hub: Arc<Hub>,
+        listeners: Arc<dyn Listeners>,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         let (backend, reader): (Box<dyn Backend>, Arc<dyn Reader>) = match config.kind {
@@ -496,10 +502,11 @@ impl Store {
             rx,
             heads: Arc::clone(&heads),
             health: Arc::clone(&health),
-            hub,
+            listeners,
             metrics,
             retention: config.retention.clone(),
             dedup_window: config.dedup_window,
+            clock: Arc::clone(&config.clock),
         })?;
         // Upkeep runs in the background: a tick asks the writer for one bounded round. The
         // ticker holds only a weak sender, so it ends when the store is dropped.
@@ -600,17 +607,17 @@ impl Store {
         from: &str,
         id: Option<String>,
     ) -> Result<Committed, StoreError> {
-        let (done, wait) = oneshot::channel();
+        let (reply, wait) = reply_channel();
         self.send(Command::Publish {
             topic: Arc::from(topic),
             data,
             from: from.to_owned(),
-            publisher: None,
+            origin: None,
             id: id.map(|id| IdempotencyKey {
                 scope: from.to_owned(),
                 id,
             }),
-            reply: Reply::Caller(done),
+            reply: Some(reply),
             started: Instant::now(),
         })
         .await?;
@@ -629,13 +636,13 @@ impl Store {
         events: Vec<NewEvent>,
         from: &str,
     ) -> Result<Committed, StoreError> {
-        let (done, wait) = oneshot::channel();
+        let (reply, wait) = reply_channel();
         self.send(Command::Append {
             stream: Arc::from(stream),
             expected,
             events,
             from: from.to_owned(),
-            reply: Reply::Caller(done),
+            reply: Some(reply),
         })
         .await?;
         wait.await.map_err(|_| StoreError::Closed)?
@@ -669,6 +676,24 @@ impl Store {
             let _ = wait.await;
         }
     }
+
+    /// Run one round of background upkeep now and wait for it (tests; the server runs one a
+    /// second by itself).
+    #[cfg(test)]
+    pub(crate) async fn maintain(&self) {
+        if self.send(Command::Maintain).await.is_ok() {
+            self.flush().await;
+        }
+    }
+}
+
+/// A [`Reply`] that sends the outcome to the returned receiver.
+pub fn reply_channel() -> (Reply, oneshot::Receiver<Result<Committed, StoreError>>) {
+    let (done, wait) = oneshot::channel();
+    let reply: Reply = Box::new(move |outcome| {
+        let _ = done.send(outcome);
+    });
+    (reply, wait)
 }
 
 /// An `i64` column value for an offset; offsets are range-checked where clients send them
@@ -680,266 +705,4 @@ fn sql_offset(offset: u64) -> i64 {
 /// An offset read back from an `i64` column (never negative when written by us).
 fn offset_of(column: i64) -> u64 {
     u64::try_from(column).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::retention::Retention;
-
-    struct Fixture {
-        store: Store,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-    }
-
-    fn open_with(
-        kind: StoreKind,
-        dir: &std::path::Path,
-        retention: Retention,
-        max_read_bytes: usize,
-    ) -> Fixture {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
-        let store = Store::open(
-            &StoreConfig {
-                kind,
-                data_dir: dir.to_owned(),
-                fsync: false,
-                retention,
-                queue: 64,
-                dedup_window: Duration::from_secs(60),
-                max_read_bytes,
-            },
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-        )
-        .expect("open");
-        Fixture {
-            store,
-            hub,
-            metrics,
-        }
-    }
-
-    fn store(kind: StoreKind, dir: &std::path::Path, max: u64) -> Store {
-        let retention = Retention::new(&[], &[], max, None).expect("retention");
-        open_with(kind, dir, retention, 1 << 20).store
-    }
-
-    fn temp_dir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("tidings-store-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn json(v: impl serde::Serialize) -> Json {
-        serde_json::value::to_raw_value(&v).expect("json")
-    }
-
-    /// Poll `check` until it holds (background upkeep runs once a second).
-    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn retention_trims_in_the_background_on_both_backends() {
-        let dir = temp_dir("count");
-        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
-            let s = store(kind, &dir.join(kind.as_str()), 10);
-            for i in 0..50 {
-                s.publish("t", json(i), "test", None)
-                    .await
-                    .expect("publish");
-            }
-            eventually("the count trim", || {
-                s.head("t").map(|h| h.first) == Some(41)
-            })
-            .await;
-            let rows = s.read("t", 0, 100).await.expect("read").rows;
-            assert_eq!(rows.first().map(|r| r.offset), Some(41), "{kind:?}");
-            assert_eq!(rows.len(), 10);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn messages_older_than_max_age_are_trimmed_on_both_backends() {
-        let dir = temp_dir("age");
-        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
-            let retention =
-                Retention::new(&[], &[], 0, Some(Duration::from_millis(200))).expect("retention");
-            let f = open_with(kind, &dir.join(kind.as_str()), retention, 1 << 20);
-            let s = f.store;
-            // A subscriber keeps the emptied topic's head (and so its offsets) alive.
-            let (tx, _rx) = tokio::sync::mpsc::channel(4);
-            let mailbox = Mailbox::new(1, tx, tokio_util::sync::CancellationToken::new());
-            f.hub.subscribe("aging", &mailbox);
-            for i in 0..5 {
-                s.publish("aging", json(i), "test", None)
-                    .await
-                    .expect("publish");
-            }
-            eventually("the age trim", || {
-                s.head("aging").map(|h| h.first) == Some(6)
-            })
-            .await;
-            assert!(s.read("aging", 0, 10).await.expect("read").rows.is_empty());
-            assert_eq!(
-                s.head("aging").map(|h| h.latest),
-                Some(5),
-                "offsets are never reused while the topic lives"
-            );
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn idempotency_keys_are_scoped_and_payloads_compared_on_both_backends() {
-        let dir = temp_dir("idem");
-        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
-            let s = store(kind, &dir.join(kind.as_str()), 0);
-            let forged = s
-                .publish(
-                    "chat",
-                    json("forged"),
-                    "user:mallory",
-                    Some("order-42".into()),
-                )
-                .await
-                .expect("mallory");
-            let real = s
-                .publish("chat", json("real"), "user:alice", Some("order-42".into()))
-                .await
-                .expect("alice's key is her own");
-            assert_ne!(real.offset, forged.offset, "{kind:?}");
-            let retry = s
-                .publish("chat", json("real"), "user:alice", Some("order-42".into()))
-                .await
-                .expect("a retry");
-            assert_eq!(
-                retry.offset, real.offset,
-                "{kind:?}: a retry gets the offset"
-            );
-            let reuse = s
-                .publish("chat", json("other"), "user:alice", Some("order-42".into()))
-                .await;
-            assert!(
-                matches!(reuse, Err(StoreError::IdempotencyConflict { offset, .. }) if offset == real.offset),
-                "{kind:?}: {reuse:?}"
-            );
-            let rows = s.read("chat", 0, 10).await.expect("read").rows;
-            let data: Vec<&str> = rows.iter().map(|r| r.data.get()).collect();
-            assert_eq!(data, ["\"forged\"", "\"real\""], "{kind:?}");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn reads_are_bounded_by_rows_and_bytes_on_both_backends() {
-        let dir = temp_dir("pages");
-        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
-            let retention = Retention::new(&[], &[], 0, None).expect("retention");
-            let s = open_with(kind, &dir.join(kind.as_str()), retention, 64 * 1024).store;
-            let big = "x".repeat(20 * 1024);
-            for i in 0..10 {
-                s.publish("big", json(format!("{i}{big}")), "test", None)
-                    .await
-                    .expect("publish");
-            }
-            let page = s.read("big", 0, 1000).await.expect("read");
-            assert_eq!(page.rows.len(), 3, "{kind:?}: 3 × 20 KiB fit in 64 KiB");
-            assert!(page.more);
-            let page = s.read("big", 8, 1000).await.expect("read");
-            assert_eq!(page.rows.len(), 2, "{kind:?}");
-            assert!(!page.more, "{kind:?}: the last page");
-            let page = s.read("big", 0, 2).await.expect("read");
-            assert_eq!((page.rows.len(), page.more), (2, true), "{kind:?}");
-            let page = s.read("big", 0, 0).await.expect("read");
-            assert_eq!((page.rows.len(), page.more), (0, true), "{kind:?}");
-            // One message larger than the bound still comes back, alone.
-            s.publish("huge", json("y".repeat(100 * 1024)), "test", None)
-                .await
-                .expect("publish");
-            s.publish("huge", json(1), "test", None)
-                .await
-                .expect("publish");
-            let page = s.read("huge", 0, 1000).await.expect("read");
-            assert_eq!((page.rows.len(), page.more), (1, true), "{kind:?}");
-            let page = s.read("big", u64::MAX, 10).await.expect("read");
-            assert!(page.rows.is_empty(), "{kind:?}: positions never wrap");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn emptied_topics_are_freed_and_stay_freed_after_a_restart() {
-        let dir = temp_dir("free");
-        for kind in [StoreKind::Memory, StoreKind::Sqlite] {
-            let path = dir.join(kind.as_str());
-            let retention =
-                Retention::new(&[], &[], 0, Some(Duration::from_millis(300))).expect("retention");
-            let f = open_with(kind, &path, retention.clone(), 1 << 20);
-            let (tx, _rx) = tokio::sync::mpsc::channel(4);
-            let mailbox = Mailbox::new(1, tx, tokio_util::sync::CancellationToken::new());
-            f.hub.subscribe("kept", &mailbox);
-            for i in 0..2000 {
-                f.store
-                    .publish(&format!("t{i}"), json(i), "test", None)
-                    .await
-                    .expect("publish");
-            }
-            f.store
-                .publish("kept", json(1), "test", None)
-                .await
-                .expect("publish");
-            assert_eq!(f.store.topic_count(), 2001);
-            eventually("the topics to be freed and `kept` emptied", || {
-                f.store.topic_count() == 1 && f.store.head("kept").is_some_and(|h| h.is_empty())
-            })
-            .await;
-            let kept = f
-                .store
-                .head("kept")
-                .expect("a subscribed topic keeps its head");
-            assert!(kept.is_empty());
-            assert_eq!(kept.latest, 1);
-            // Retention looked at each written topic about once, not once per tick.
-            let checks = f.metrics.retention_checks.get();
-            assert!(checks <= 2 * 2001 + 10, "{kind:?}: {checks} checks");
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            assert_eq!(
-                f.metrics.retention_checks.get(),
-                checks,
-                "{kind:?}: nothing changed, nothing examined"
-            );
-            // The last subscriber leaves: the head goes too.
-            f.hub.unsubscribe("kept", 1);
-            eventually("the unsubscribed topic to be freed", || {
-                f.store.topic_count() == 0
-            })
-            .await;
-            // A new message starts a new history.
-            let again = f
-                .store
-                .publish("t7", json("again"), "test", None)
-                .await
-                .expect("publish");
-            assert_eq!(again.offset, 1, "{kind:?}");
-            f.store.flush().await;
-            drop(f);
-            if kind == StoreKind::Sqlite {
-                let reopened = open_with(kind, &path, retention, 1 << 20);
-                assert_eq!(reopened.store.topic_count(), 1, "only t7 comes back");
-                assert_eq!(reopened.store.head("t7").map(|h| h.latest), Some(1));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

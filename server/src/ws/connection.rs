@@ -1,0 +1,500 @@
+//! One upgraded connection from start to close: the reader loop and the executor of the
+//! session's actions.
+//!
+//! The reader owns the [`Session`] and the read half of the WebSocket: it feeds frames (with
+//! the time) to the session, runs the heartbeat/liveness timer, watches shutdown, overflow
+//! and token expiry, picks the close code, and carries out the session's [`Action`]s through
+//! the operations layer. The [`Writer`] task owns the write half.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use tidings_protocol::server::{Appended, Error as ErrorFrame, Published, Subscribed};
+use tidings_protocol::{CloseCode, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::cursors::Cursors;
+use super::session::{Action, Env, Limits, Session, SubscribeAction};
+use super::writer::{CLOSE_GRACE, Stop, Writer};
+use crate::auth::Identity;
+use crate::hub::{Mailbox, Outbound};
+use crate::limits::ConnPermit;
+use crate::ops::{self, AppendOp, OpError, PublishOp, Routed, Subscription, Who};
+use crate::state::Shared;
+use crate::store::{Reply, StoreError};
+
+/// Run one upgraded connection to its end.
+pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, permit: ConnPermit) {
+    let _permit = permit;
+    let ops = &shared.ops;
+    let config = &ops.config;
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let overflow = CancellationToken::new();
+    let mailbox = Mailbox::new(ops.hub.next_conn_id(), tx, overflow.clone());
+    let client_id = format!("{}-{}", shared.node, mailbox.id());
+    let session = Session::new(
+        client_id,
+        identity,
+        Limits::of(config),
+        Instant::now().into(),
+    );
+    // Unsubscribes everything when the connection ends, however it ends (a panic included).
+    let mut live = Live {
+        session,
+        shared: &shared,
+        mailbox: &mailbox,
+    };
+    let _open = OpenGauge::new(&shared);
+    tracing::debug!(client_id = live.session.client_id(), "connected");
+
+    let (sink, mut stream) = socket.split();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let writer = Writer {
+        id: mailbox.id(),
+        client_id: live.session.client_id().into(),
+        sink,
+        rx,
+        stop_rx,
+        store: ops.store.clone(),
+        cursors: Cursors::default(),
+        lagging: mailbox.lagging(),
+        pending: mailbox.pending(),
+        overflow: overflow.clone(),
+        stuck_timeout: config.slow_consumer_timeout,
+    };
+    let mut writer = tokio::spawn(writer.run());
+    mailbox.offer(encode(&live.session.connected()));
+
+    let end = read_loop(
+        &shared,
+        &mut live.session,
+        &mailbox,
+        &overflow,
+        &mut stream,
+        &mut writer,
+    )
+    .await;
+
+    match end {
+        End::Close(code) => {
+            ops.metrics.closed(code.code());
+            if code == CloseCode::SlowConsumer {
+                ops.metrics.slow_consumer_closes.inc();
+            }
+            tracing::debug!(
+                client_id = live.session.client_id(),
+                code = code.code(),
+                "closing"
+            );
+            let _ = stop_tx.send(Stop::Close(code));
+            // Give the client a moment to answer the close frame, then let go either way.
+            let _ = Box::pin(timeout(CLOSE_GRACE, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }))
+            .await;
+        }
+        End::PeerClosed => {
+            // tungstenite queued the answer to the peer's close frame (its code echoed, or
+            // 1002 for a code that may not be sent); it leaves with the writer's flush.
+            let _ = stop_tx.send(Stop::Echo);
+        }
+        End::Gone => drop(stop_tx),
+    }
+    if !writer.is_finished() && timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    tracing::debug!(client_id = live.session.client_id(), "disconnected");
+}
+
+/// A live session: dropping it removes the connection from every topic it subscribed to.
+struct Live<'a> {
+    session: Session,
+    shared: &'a Shared,
+    mailbox: &'a Mailbox,
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        for topic in self.session.subscriptions() {
+            ops::unsubscribe(&self.shared.ops, self.mailbox.id(), topic);
+        }
+    }
+}
+
+/// How the read side of a connection ended.
+enum End {
+    /// The server closes with this code: send a close frame, wait briefly for the answer.
+    Close(CloseCode),
+    /// The peer sent a close frame: complete the handshake (RFC 6455 §5.5.1) and go.
+    PeerClosed,
+    /// The socket is gone (or the writer stopped): nothing more can be sent.
+    Gone,
+}
+
+/// Counts the connection in the `connections` gauge for as long as it lives — including when
+/// its task ends by panic (tokio catches it; this guard, the session and the permit clean up).
+struct OpenGauge<'a>(&'a Shared);
+
+impl<'a> OpenGauge<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.ops.metrics.connections.inc();
+        shared.ops.metrics.connections_opened.inc();
+        OpenGauge(shared)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.ops.metrics.connections.dec();
+    }
+}
+
+/// Read frames until the connection should end, and say how it ended.
+async fn read_loop(
+    shared: &Shared,
+    session: &mut Session,
+    mailbox: &Mailbox,
+    overflow: &CancellationToken,
+    stream: &mut SplitStream<WebSocket>,
+    writer: &mut tokio::task::JoinHandle<()>,
+) -> End {
+    let ops = &shared.ops;
+    let config = &ops.config;
+    let env = Env {
+        auth: &ops.auth,
+        metrics: &ops.metrics,
+    };
+    let mut heartbeat = interval_at(
+        Instant::now() + config.heartbeat_interval,
+        config.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut valid_until = session.valid_until();
+    let expiry = sleep_until(deadline(valid_until));
+    tokio::pin!(expiry);
+    // Created once, not per frame: each `cancelled()` future registers with (and on drop
+    // leaves) its token's waiter list under a lock, and the shutdown token is shared by every
+    // connection of the server.
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let overflowed = overflow.cancelled();
+    tokio::pin!(overflowed);
+    let mut actions = Vec::new();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
+            _ = &mut overflowed => return End::Close(CloseCode::SlowConsumer),
+            _ = &mut *writer => return End::Gone,
+            _ = &mut expiry => return End::Close(CloseCode::TokenExpired),
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > config.heartbeat_timeout {
+                    return End::Close(CloseCode::HeartbeatTimeout);
+                }
+                // A full queue is busy writing anyway: skip the beat rather than wait.
+                let _ = mailbox.try_queue(Outbound::Heartbeat);
+            }
+            frame = stream.next() => {
+                let frame = match frame {
+                    None => return End::Gone,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => return read_error(e),
+                };
+                last_seen = Instant::now();
+                match frame {
+                    Message::Text(text) => {
+                        session.on_text(&env, text.as_str(), last_seen.into(), &mut actions)
+                    }
+                    Message::Binary(_) => session.on_binary(&env, &mut actions),
+                    // tungstenite answers pings itself; a pong only proves liveness.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => return End::PeerClosed,
+                }
+                for action in actions.drain(..) {
+                    let who = (session.identity(), session.client_id());
+                    if perform(shared, who, mailbox, action).await.is_err() {
+                        return End::Close(CloseCode::GoingAway);
+                    }
+                }
+                if session.valid_until() != valid_until {
+                    valid_until = session.valid_until();
+                    expiry.as_mut().reset(deadline(valid_until));
+                }
+            }
+        }
+    }
+}
+
+/// Carry out one action of the session.
+///
+/// Replies and markers must not be lost, so they wait for room in the connection's own queue
+/// (a subscriber of a durable topic may be catching up with a full queue and is not slow for
+/// that). A client whose queue stays full for `slow_consumer_timeout` is a slow consumer.
+/// Fails only when the store is gone (the connection then closes with 1001).
+async fn perform(
+    shared: &Shared,
+    (identity, client_id): (&Identity, &str),
+    mailbox: &Mailbox,
+    action: Action,
+) -> Result<(), StoreError> {
+    let ops = &shared.ops;
+    let who = Who::User(identity);
+    let reply = match action {
+        Action::Reply(reply) => reply,
+        Action::Subscribe(request) => return subscribe(shared, mailbox, request).await,
+        Action::Unsubscribe(topics) => {
+            for topic in topics {
+                ops::unsubscribe(ops, mailbox.id(), &topic);
+                queue(shared, mailbox, Outbound::Untrack { topic }).await;
+            }
+            return Ok(());
+        }
+        // Boxed: the operations' futures are the largest state of the read loop, which every
+        // idle connection would otherwise carry.
+        Action::Publish(m, started) => {
+            let r#ref = m.r#ref.clone();
+            let topic = m.topic.clone();
+            let op = PublishOp {
+                topic: m.topic,
+                data: m.data,
+                from: client_id.to_owned(),
+                origin: Some(mailbox.id()),
+                id: m.id,
+                started,
+            };
+            let on_commit = publish_reply(mailbox.clone(), r#ref.clone());
+            match Box::pin(ops::publish(ops, who, op, Some(on_commit))).await {
+                Ok(Routed::Durable) => return Ok(()),
+                Ok(Routed::Ephemeral { .. }) if r#ref.is_none() => return Ok(()),
+                Ok(Routed::Ephemeral { .. }) => ServerMessage::Published(Published {
+                    r#ref,
+                    topic,
+                    offset: None,
+                    epoch: None,
+                }),
+                Err(OpError::Store(e @ StoreError::Closed)) => return Err(e),
+                Err(e) => refusal(ops, &e, r#ref),
+            }
+        }
+        Action::Append(m) => {
+            let r#ref = m.r#ref.clone();
+            let op = AppendOp {
+                stream: m.stream.clone(),
+                expected: m.expected_version,
+                events: m.events,
+                from: client_id.to_owned(),
+            };
+            let on_commit = append_reply(mailbox.clone(), m.stream, r#ref.clone());
+            match Box::pin(ops::append(ops, who, op, Some(on_commit))).await {
+                Ok(()) => return Ok(()),
+                Err(OpError::Store(e @ StoreError::Closed)) => return Err(e),
+                Err(e) => refusal(ops, &e, r#ref),
+            }
+        }
+        Action::History(request) => {
+            let r#ref = request.r#ref.clone();
+            Box::pin(ops::history(ops, who, request))
+                .await
+                .unwrap_or_else(|e| refusal(ops, &e, r#ref))
+        }
+        Action::Read(request) => {
+            let r#ref = request.r#ref.clone();
+            Box::pin(ops::read(ops, who, request))
+                .await
+                .unwrap_or_else(|e| refusal(ops, &e, r#ref))
+        }
+    };
+    queue(shared, mailbox, encode(&reply)).await;
+    Ok(())
+}
+
+/// Carry out an accepted `subscribe`: the cursor of every durable topic goes to the writer
+/// before the reply, and the store sync after it, so replay and live traffic meet with no
+/// gap and no duplicate (the cursor rule drops what arrives twice).
+async fn subscribe(
+    shared: &Shared,
+    mailbox: &Mailbox,
+    request: SubscribeAction,
+) -> Result<(), StoreError> {
+    let mut recovered = BTreeMap::new();
+    let mut positions = BTreeMap::new();
+    let mut syncs = Vec::new();
+    for (topic, new, since) in &request.topics {
+        match ops::subscribe(&shared.ops, mailbox, topic, *new, since.as_ref()) {
+            Subscription::Unchanged => {}
+            Subscription::Live { recovered: r } => {
+                if let Some(r) = r {
+                    recovered.insert(topic.to_string(), r);
+                }
+            }
+            Subscription::Durable {
+                start,
+                recovered: r,
+            } => {
+                if let Some(r) = r {
+                    recovered.insert(topic.to_string(), r);
+                }
+                let from = start.offset;
+                positions.insert(topic.to_string(), start);
+                queue(
+                    shared,
+                    mailbox,
+                    Outbound::Track {
+                        topic: Arc::clone(topic),
+                        from,
+                    },
+                )
+                .await;
+                syncs.push(Arc::clone(topic));
+            }
+        }
+    }
+    let reply = ServerMessage::Subscribed(Subscribed {
+        topics: request.all,
+        recovered: (!recovered.is_empty()).then_some(recovered),
+        positions: (!positions.is_empty()).then_some(positions),
+        refused: (!request.refused.is_empty()).then_some(request.refused),
+        r#ref: request.r#ref,
+    });
+    queue(shared, mailbox, encode(&reply)).await;
+    for topic in syncs {
+        queue(shared, mailbox, Outbound::Sync { topic }).await;
+    }
+    Ok(())
+}
+
+/// Put `item` in the connection's queue, waiting for room if needed (bounded by the
+/// slow-consumer timeout, or until shutdown).
+async fn queue(shared: &Shared, mailbox: &Mailbox, item: Outbound) {
+    // Fast path: there is room (no timer, no shutdown watch needed).
+    let Err(item) = mailbox.try_queue(item) else {
+        return;
+    };
+    // Boxed: rare, and kept out of the state every idle connection carries.
+    Box::pin(async {
+        tokio::select! {
+            _ = mailbox.send(item, shared.ops.config.slow_consumer_timeout) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    })
+    .await;
+}
+
+/// The `error` a refused operation gets (counted).
+fn refusal(ops: &ops::Ops, e: &OpError, r#ref: Option<String>) -> ServerMessage {
+    let code = e.code();
+    ops.metrics.error(code);
+    let current_version = match e {
+        OpError::Store(StoreError::Conflict { current, .. }) => Some(*current),
+        _ => None,
+    };
+    ServerMessage::Error(ErrorFrame {
+        code,
+        message: e.to_string(),
+        r#ref,
+        current_version,
+    })
+}
+
+/// Where a durable publish's outcome goes: a `published` ack when the request had a `ref`, an
+/// `error` (with the `ref`, if any) when the store refused or failed.
+fn publish_reply(mailbox: Mailbox, r#ref: Option<String>) -> Reply {
+    Box::new(move |outcome| {
+        let frame = match outcome {
+            Ok(c) if r#ref.is_some() => ServerMessage::Published(Published {
+                r#ref,
+                topic: c.topic,
+                offset: Some(c.offset),
+                epoch: Some(c.epoch),
+            }),
+            Ok(_) => return,
+            Err(e) => store_refusal(&e, r#ref),
+        };
+        mailbox.offer_reply(Utf8Bytes::from(frame.encode()));
+    })
+}
+
+/// Where an append's outcome goes: `appended`, or an `error` (`VERSION_CONFLICT` with the
+/// stream's version).
+fn append_reply(mailbox: Mailbox, stream: String, r#ref: Option<String>) -> Reply {
+    Box::new(move |outcome| {
+        let frame = match outcome {
+            Ok(c) => ServerMessage::Appended(Appended {
+                r#ref,
+                stream,
+                version: c.offset,
+            }),
+            Err(e) => store_refusal(&e, r#ref),
+        };
+        mailbox.offer_reply(Utf8Bytes::from(frame.encode()));
+    })
+}
+
+/// The `error` for a store outcome (on the writer thread: no metrics lock contention).
+fn store_refusal(e: &StoreError, r#ref: Option<String>) -> ServerMessage {
+    let current_version = match e {
+        StoreError::Conflict { current, .. } => Some(*current),
+        _ => None,
+    };
+    let message = match e {
+        StoreError::Conflict { expected, current } => {
+            format!("expected version {expected}, the stream is at {current}")
+        }
+        other => other.to_string(),
+    };
+    ServerMessage::Error(ErrorFrame {
+        code: ops::store_code(e),
+        message,
+        r#ref,
+        current_version,
+    })
+}
+
+/// How a failed read ends the connection: with the close code RFC 6455 §7.4.1 gives the
+/// fault when a close frame can still be sent.
+fn read_error(e: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
+    let inner = e.into_inner();
+    tracing::debug!(error = %inner, "read failed");
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
+        Some(tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        )) => End::Gone,
+        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
+        _ => End::Gone,
+    }
+}
+
+/// When a token valid until `at` should close the connection (far away for no expiry, or
+/// an expiry beyond what the clock can hold: never an overflow).
+fn deadline(at: Option<SystemTime>) -> Instant {
+    const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    let wait = match at {
+        None => NEVER,
+        Some(at) => at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(NEVER),
+    };
+    now.checked_add(wait)
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+}
+
+fn encode(msg: &ServerMessage) -> Outbound {
+    Outbound::Frame(Utf8Bytes::from(msg.encode()))
+}

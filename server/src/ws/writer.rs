@@ -1,0 +1,268 @@
+//! The write half of a connection: one task that drains the connection's bounded queue into
+//! the socket, batching whatever is already queued into one flush, and applies the cursor rule
+//! ([`Cursors`]) to every run of a durable topic, filling gaps from the store.
+//!
+//! Publishers only ever `try_send` into the queue, so a slow socket stalls nobody but this
+//! task. A socket that accepts nothing for `slow_consumer_timeout` makes the connection a slow
+//! consumer, as does falling behind what retention keeps.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tidings_protocol::ServerMessage;
+use tidings_protocol::server::Heartbeat;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::cursors::{Admit, Cursors};
+use crate::clock;
+use crate::hub::{ConnId, DurableRun, Outbound, Pending};
+use crate::ops;
+use crate::store::Store;
+use tidings_protocol::CloseCode;
+
+/// How long a closing connection gets to flush its close frame.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Frames written before a flush, at most, when several are queued.
+const MAX_BATCH: usize = 64;
+
+/// Rows read from the store per page while catching up (the store also bounds it in bytes).
+const CATCH_UP_PAGE: usize = 256;
+
+/// What the reader tells the writer at the end.
+pub enum Stop {
+    /// Send a close frame with this code.
+    Close(CloseCode),
+    /// Flush the close frame tungstenite queued in answer to the peer's.
+    Echo,
+}
+
+/// Why the writer stopped early.
+enum Failed {
+    /// The socket failed or the peer is gone.
+    Socket,
+    /// The client fell behind what retention keeps, or its socket accepted nothing for too
+    /// long: it is a slow consumer.
+    Slow,
+}
+
+/// The write half of a connection and its per-topic delivery cursors.
+pub struct Writer {
+    /// This connection (its own publishes are not echoed).
+    pub id: ConnId,
+    /// Its client id, the `from` of the rows it published (not echoed on catch-up either).
+    pub client_id: Box<str>,
+    pub sink: SplitSink<WebSocket, Message>,
+    pub rx: mpsc::Receiver<Outbound>,
+    pub stop_rx: oneshot::Receiver<Stop>,
+    pub store: Store,
+    /// Last offset sent, per tracked durable topic.
+    pub cursors: Cursors,
+    /// Set when a durable frame could not be queued: catch up from the store.
+    pub lagging: Arc<AtomicBool>,
+    /// Replies from the store that found the queue full (written after each batch).
+    pub pending: Arc<Pending>,
+    /// Tripped when this connection is a slow consumer.
+    pub overflow: CancellationToken,
+    /// How long the socket may accept nothing.
+    pub stuck_timeout: Duration,
+}
+
+impl Writer {
+    /// Drain the queue until the reader says stop or the socket fails.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                stop = &mut self.stop_rx => {
+                    if let Ok(stop) = stop {
+                        Box::pin(self.stop(stop)).await;
+                    }
+                    return;
+                }
+                item = self.rx.recv() => {
+                    let Some(item) = item else { return };
+                    match self.batch(item).await {
+                        Ok(()) => {}
+                        Err(Failed::Socket) => return,
+                        Err(Failed::Slow) => {
+                            // Let the reader pick the close code, then send it if we can.
+                            self.overflow.cancel();
+                            if let Ok(stop) = (&mut self.stop_rx).await {
+                                Box::pin(self.stop(stop)).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send (and flush) the close frame that ends the connection.
+    async fn stop(&mut self, stop: Stop) {
+        match stop {
+            Stop::Close(code) => {
+                let frame = CloseFrame {
+                    code: code.code(),
+                    reason: code.reason().into(),
+                };
+                let _ = timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+            }
+            Stop::Echo => {
+                let _ = timeout(CLOSE_GRACE, self.sink.flush()).await;
+            }
+        }
+    }
+
+    /// Write `first` and whatever else is queued (up to a batch) and the replies waiting beside
+    /// the queue, flush, then catch up on topics whose frames were dropped while the queue was
+    /// full.
+    async fn batch(&mut self, first: Outbound) -> Result<(), Failed> {
+        self.write(first).await?;
+        for _ in 1..MAX_BATCH {
+            let Ok(item) = self.rx.try_recv() else { break };
+            self.write(item).await?;
+        }
+        for reply in self.pending.take() {
+            self.feed(reply).await?;
+        }
+        self.flush().await?;
+        if self.lagging.swap(false, Ordering::AcqRel) {
+            for topic in self.cursors.topics() {
+                Box::pin(self.sync(&topic)).await?;
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Failed> {
+        bounded(self.stuck_timeout, self.sink.flush()).await
+    }
+
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Failed> {
+        bounded(self.stuck_timeout, self.sink.feed(Message::Text(text))).await
+    }
+
+    async fn write(&mut self, item: Outbound) -> Result<(), Failed> {
+        match item {
+            Outbound::Frame(text) => self.feed(text).await,
+            Outbound::Heartbeat => {
+                let beat = ServerMessage::Heartbeat(Heartbeat {
+                    timestamp: Some(clock::now_rfc3339()),
+                });
+                self.feed(beat.encode().into()).await?;
+                self.sink
+                    .feed(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|_| Failed::Socket)
+            }
+            Outbound::Track { topic, from } => {
+                self.cursors.track(topic, from);
+                Ok(())
+            }
+            Outbound::Untrack { topic } => {
+                self.cursors.untrack(&topic);
+                Ok(())
+            }
+            Outbound::Sync { topic } => Box::pin(self.sync(&topic)).await,
+            Outbound::Durable(run) => self.write_run(&run).await,
+            // The pending replies are written after the batch.
+            Outbound::Wake => Ok(()),
+        }
+    }
+
+    /// Write the frames of `run` the cursor rule admits, except the ones this connection
+    /// published.
+    async fn write_run(&mut self, run: &DurableRun) -> Result<(), Failed> {
+        let skip = match self.cursors.admit(&run.topic, run.first, run.last()) {
+            Admit::Ignore => return Ok(()),
+            Admit::Deliver { skip } => skip,
+            Admit::Fill { upto } => {
+                Box::pin(self.fill(&run.topic, upto)).await?;
+                self.cursors.advance(&run.topic, run.last());
+                0
+            }
+        };
+        for (frame, publisher) in run.frames.iter().skip(skip) {
+            if *publisher != Some(self.id) {
+                self.feed(frame.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deliver everything stored for `topic` up to its current head.
+    async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Failed> {
+        match self.store.head(topic) {
+            Some(head) => self.fill(topic, head.latest).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Send stored messages of `topic` after the cursor, up to and including `target`.
+    async fn fill(&mut self, topic: &Arc<str>, target: u64) -> Result<(), Failed> {
+        let Some(mut cursor) = self.cursors.get(topic) else {
+            return Ok(());
+        };
+        let epoch = self.store.head(topic).map(|h| h.epoch).unwrap_or_default();
+        while cursor < target {
+            let rows = match self.store.read(topic, cursor, CATCH_UP_PAGE).await {
+                Ok(page) => page.rows,
+                Err(e) => {
+                    tracing::warn!("catch-up read of {topic} failed: {e}");
+                    return Err(Failed::Slow);
+                }
+            };
+            let Some(first) = rows.first() else { break };
+            if first.offset != cursor + 1 {
+                // What this client missed has been trimmed: it fell behind retention.
+                tracing::debug!(%topic, cursor, first = first.offset, "fell behind retention");
+                return Err(Failed::Slow);
+            }
+            for row in rows {
+                if row.offset > target {
+                    break;
+                }
+                cursor = row.offset;
+                if *row.from == *self.client_id {
+                    continue;
+                }
+                let frame = ServerMessage::Message(ops::message(&row, &epoch));
+                self.feed(Utf8Bytes::from(frame.encode())).await?;
+            }
+            self.cursors.advance(topic, cursor);
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one socket operation (a feed or a flush), arming the slow-consumer timer only if the
+/// operation cannot complete at once. Almost every frame just lands in tungstenite's write
+/// buffer and almost every flush completes in one `send`, so the common path creates no timer
+/// (creating one per frame cost ~10 % of the server's CPU in fan-out).
+async fn bounded<E>(
+    limit: Duration,
+    op: impl Future<Output = Result<(), E>>,
+) -> Result<(), Failed> {
+    let mut op = pin!(op);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
+        return done.map_err(|_| Failed::Socket);
+    }
+    match timeout(limit, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Failed::Socket),
+        Err(_) => Err(Failed::Slow),
+    }
+}
