@@ -204,9 +204,9 @@ pub enum ConfigError {
     /// A topic pattern in the retention settings does not parse.
     #[error("invalid topic pattern: {0}")]
     Pattern(#[from] glob::PatternError),
-    /// The store could not be opened.
+    /// The store could not be opened (the source says why).
     #[error("cannot open the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A setting is out of its range.
     #[error("invalid setting {name}: {reason}")]
     Invalid {

@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tidings_protocol::ErrorCode;
+use tidings_protocol::{ErrorCode, ServerMessage};
 
 use crate::limits::LimitError;
 use crate::state::Shared;
@@ -57,9 +57,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
     }
 }
 
+/// A refusal before the upgrade: the status, and the protocol's `error` message as the body.
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
-    let body = json!({"type": "error", "code": code, "message": message.into()});
-    (status, Json(body)).into_response()
+    (status, Json(ServerMessage::error(code, message, None))).into_response()
 }
 
 async fn upgrade(

@@ -22,6 +22,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tidings_protocol::{ErrorCode, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -135,8 +136,7 @@ async fn accept_failed(e: io::Error) {
 /// Answer a connection over the per-IP cap with a 429 and close it, without waiting on the
 /// client for more than a second either way.
 async fn refuse(mut tcp: TcpStream, reason: String) {
-    let body =
-        serde_json::json!({"type": "error", "code": "UNAVAILABLE", "message": reason}).to_string();
+    let body = ServerMessage::error(ErrorCode::Unavailable, reason, None).encode();
     let response = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -81,7 +81,8 @@ impl Ops {
             },
             Arc::new(fanout::Fanout::new(Arc::clone(&hub))),
             Arc::clone(&metrics),
-        )?;
+        )
+        .map_err(|e| ConfigError::Store(Box::new(e)))?;
         Ok(Ops {
             config,
             auth,
