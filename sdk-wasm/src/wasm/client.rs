@@ -17,18 +17,32 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::browser::{self, Listener, Socket, SocketEvent, Timer};
 use super::convert;
-use super::stream::{self, StreamState};
 use super::types::*;
 use crate::core::{
     Action, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
 };
+use tidings_protocol::server::{Events, Message};
+
+/// An event stream as the pump sees it. It is implemented in [`super::stream`], which builds
+/// on this module; the trait keeps the dependency one way.
+pub(crate) trait Follower {
+    /// The initial `read` answered.
+    fn loaded(self: Rc<Self>, shared: &SharedRef, events: &Events);
+    /// Our `append` of `events` (`{type, data}` objects) was accepted at `version`.
+    fn appended(&self, events: &[JsValue], version: u64);
+    /// A live message on the stream's topic.
+    fn message(&self, message: &Message);
+    /// Loading or following failed.
+    fn failed(&self, error: &JsValue);
+}
 
 /// What receives a subscriber's messages.
+#[derive(Clone)]
 pub(crate) enum Receiver {
     /// An application handler.
     Js(Function),
     /// An event stream following its topic.
-    Stream(Rc<RefCell<StreamState>>),
+    Stream(Rc<dyn Follower>),
 }
 
 /// Callbacks of one subscription.
@@ -43,10 +57,10 @@ pub(crate) enum Waiter {
     /// A promise returned to the application.
     Promise { resolve: Function, reject: Function },
     /// An event stream's initial `read`.
-    StreamLoad(Rc<RefCell<StreamState>>),
+    StreamLoad(Rc<dyn Follower>),
     /// An event stream's `append`: fold the events locally once the server accepted them.
     StreamAppend {
-        stream: Rc<RefCell<StreamState>>,
+        stream: Rc<dyn Follower>,
         events: Vec<JsValue>,
         resolve: Function,
         reject: Function,
@@ -91,11 +105,9 @@ fn feed(weak: &Weak<RefCell<Shared>>, input: Input) {
     }
 }
 
-pub(crate) fn call1_public(f: &Function, arg: &JsValue) {
-    call1(f, arg)
-}
-
-fn call1(f: &Function, arg: &JsValue) {
+/// Call a JS callback; if it throws, log it and go on (one bad handler must not stop the
+/// pump).
+pub(crate) fn call1(f: &Function, arg: &JsValue) {
     if let Err(e) = f.call1(&JsValue::NULL, arg) {
         web_sys::console::error_2(&JsValue::from_str("tidings: a callback threw"), &e);
     }
@@ -209,15 +221,11 @@ fn execute(shared: &SharedRef, action: Action) {
                 if message.offset.is_some() && s.persist_key.is_some() {
                     s.dirty = true;
                 }
-                match s.handlers.get(&sub).map(|h| &h.receiver) {
-                    Some(Receiver::Js(f)) => Some(Receiver::Js(f.clone())),
-                    Some(Receiver::Stream(st)) => Some(Receiver::Stream(st.clone())),
-                    None => None,
-                }
+                s.handlers.get(&sub).map(|h| h.receiver.clone())
             };
             match receiver {
                 Some(Receiver::Js(f)) => call1(&f, &convert::message(&message)),
-                Some(Receiver::Stream(st)) => stream::on_message(&st, &message),
+                Some(Receiver::Stream(st)) => st.message(&message),
                 None => {}
             }
         }
@@ -242,7 +250,7 @@ fn execute(shared: &SharedRef, action: Action) {
             if let Some(h) = removed {
                 let err = convert::error(&error);
                 if let Receiver::Stream(st) = &h.receiver {
-                    stream::on_error(st, &err);
+                    st.failed(&err);
                 }
                 for cb in h.on_error {
                     call1(&cb, &err);
@@ -255,7 +263,7 @@ fn execute(shared: &SharedRef, action: Action) {
                 Some(Waiter::Promise { resolve, .. }) => call1(&resolve, &convert::reply(&reply)),
                 Some(Waiter::StreamLoad(st)) => {
                     if let Reply::Events(events) = &reply {
-                        stream::on_loaded(shared, &st, events);
+                        st.loaded(shared, events);
                     }
                 }
                 Some(Waiter::StreamAppend {
@@ -265,7 +273,7 @@ fn execute(shared: &SharedRef, action: Action) {
                     ..
                 }) => {
                     if let Reply::Appended { version, .. } = &reply {
-                        stream::on_appended(&st, &events, *version);
+                        st.appended(&events, *version);
                     }
                     call1(&resolve, &convert::reply(&reply));
                 }
@@ -279,7 +287,7 @@ fn execute(shared: &SharedRef, action: Action) {
                 Some(Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. }) => {
                     call1(&reject, &err)
                 }
-                Some(Waiter::StreamLoad(st)) => stream::on_error(&st, &err),
+                Some(Waiter::StreamLoad(st)) => st.failed(&err),
                 None => {}
             }
         }
@@ -375,7 +383,7 @@ fn instance_id() -> String {
 /// replay and an offline queue handled for you.
 #[wasm_bindgen]
 pub struct TidingsClient {
-    shared: SharedRef,
+    pub(crate) shared: SharedRef,
 }
 
 #[wasm_bindgen]
@@ -490,17 +498,6 @@ impl TidingsClient {
             core.history(ctx, &topic, since, limit)
         })
         .unchecked_into()
-    }
-
-    /// Load event stream `id` (snapshot + events folded with `reducer` from `initial`), then
-    /// follow it live.
-    pub fn stream(
-        &self,
-        id: String,
-        reducer: Reducer,
-        initial: JsValue,
-    ) -> Result<super::EventStream, JsValue> {
-        stream::open(&self.shared, id, reducer.unchecked_into(), initial)
     }
 
     /// Close the connection for good: pending requests fail with code "CLOSED", and no

@@ -1,8 +1,9 @@
 //! `EventStream`: an event-sourced stream folded into state with the application's reducer.
 //!
 //! Loading is `read` (snapshot, then events after it), then a subscription to the stream's
-//! topic with `since` = the loaded version, so no event between the read and the live feed is
-//! missed or applied twice: every event is applied only if its version is the next one.
+//! topic with `since` = the loaded version. Which event to apply and where to follow from is
+//! decided by [`StreamFold`] (plain Rust, tested on the host); this file only calls the
+//! reducer and the application's handlers.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -11,9 +12,10 @@ use js_sys::{Function, Promise};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-use super::client::{self, Handlers, Receiver, SharedRef, Waiter, call1_public as call1};
+use super::client::{self, Follower, Handlers, Receiver, SharedRef, TidingsClient, Waiter, call1};
 use super::convert;
 use super::types::*;
+use crate::core::streams::StreamFold;
 use crate::core::{Position, SdkError, SubId};
 use tidings_protocol::server::{Events, Message};
 
@@ -22,14 +24,35 @@ pub(crate) struct StreamState {
     id: String,
     reducer: Function,
     state: JsValue,
-    version: u64,
+    fold: StreamFold,
     on_change: Vec<Function>,
     on_error: Vec<Function>,
     sub: Option<SubId>,
 }
 
+/// The stream's state, shared by the `EventStream` object and the pump.
+type Cell = RefCell<StreamState>;
+
+#[wasm_bindgen]
+impl TidingsClient {
+    /// Load event stream `id` (snapshot + events folded with `reducer` from `initial`), then
+    /// follow it live.
+    ///
+    /// # Errors
+    /// Throws `{code: "INVALID_REQUEST"}` for an invalid stream id and `{code: "CLOSED"}` after
+    /// `close()`.
+    pub fn stream(
+        &self,
+        id: String,
+        reducer: Reducer,
+        initial: JsValue,
+    ) -> Result<EventStream, JsValue> {
+        open(&self.shared, id, reducer.unchecked_into(), initial)
+    }
+}
+
 /// Open a stream: read it, then follow it.
-pub(crate) fn open(
+fn open(
     shared: &SharedRef,
     id: String,
     reducer: Function,
@@ -39,7 +62,7 @@ pub(crate) fn open(
         id: id.clone(),
         reducer,
         state: initial,
-        version: 0,
+        fold: StreamFold::new(),
         on_change: Vec::new(),
         on_error: Vec::new(),
         sub: None,
@@ -61,11 +84,12 @@ pub(crate) fn open(
 }
 
 /// Apply one event (`{version, type, data, timestamp}`) with the reducer, outside any borrow.
-fn apply(st: &Rc<RefCell<StreamState>>, version: u64, event: &JsValue) {
+/// Returns whether the state changed.
+fn apply(st: &Cell, version: u64, event: &JsValue) -> bool {
     let (reducer, state) = {
         let s = st.borrow();
-        if version != s.version + 1 {
-            return;
+        if !s.fold.is_next(version) {
+            return false;
         }
         (s.reducer.clone(), s.state.clone())
     };
@@ -73,107 +97,110 @@ fn apply(st: &Rc<RefCell<StreamState>>, version: u64, event: &JsValue) {
         Ok(next) => {
             let mut s = st.borrow_mut();
             s.state = next;
-            s.version = version;
+            s.fold.applied(version);
+            true
         }
-        Err(e) => web_sys::console::error_2(&JsValue::from_str("tidings: reducer threw"), &e),
+        Err(e) => {
+            web_sys::console::error_2(&JsValue::from_str("tidings: reducer threw"), &e);
+            false
+        }
     }
 }
 
-fn notify(st: &Rc<RefCell<StreamState>>) {
+fn notify(st: &Cell) {
     let (cbs, state, version) = {
         let s = st.borrow();
-        (s.on_change.clone(), s.state.clone(), s.version)
+        (s.on_change.clone(), s.state.clone(), s.fold.version())
     };
     for cb in cbs {
         let _ = cb.call2(&JsValue::NULL, &state, &JsValue::from_f64(version as f64));
     }
 }
 
-/// The initial `read` answered: fold, then subscribe from the loaded version.
-pub(crate) fn on_loaded(shared: &SharedRef, st: &Rc<RefCell<StreamState>>, events: &Events) {
-    if let Some(snap) = &events.snapshot {
-        let mut s = st.borrow_mut();
-        s.state = convert::to_js(&snap.state);
-        s.version = snap.version;
-    }
-    for e in &events.events {
-        apply(st, e.version, &convert::to_js(e));
-    }
-    {
-        // Trust the server's version even if it listed no events (an empty stream).
-        let mut s = st.borrow_mut();
-        if events.events.is_empty() && events.snapshot.is_none() {
-            s.version = events.version;
-        }
-    }
-    notify(st);
-    let (id, version) = {
-        let s = st.borrow();
-        (s.id.clone(), s.version)
-    };
-    let handlers = Handlers {
-        receiver: Receiver::Stream(st.clone()),
-        on_recovery: Vec::new(),
-        on_error: Vec::new(),
-    };
-    let since = Some(Position {
-        offset: version,
-        epoch: None,
-    });
-    match client::subscribe_with(shared, &id, since, handlers) {
-        Ok(sub) => st.borrow_mut().sub = Some(sub),
-        Err(e) => on_error(st, &convert::error(&e)),
-    }
-}
-
-/// A live message on the stream's topic: its offset is the event's version and its data is
-/// the event `{type, data}`.
-pub(crate) fn on_message(st: &Rc<RefCell<StreamState>>, message: &Message) {
-    let Some(version) = message.offset else {
-        return;
-    };
+/// A live message as an event: its offset is the event's version and its data the event
+/// `{type, data}`.
+fn event_of(version: u64, message: &Message) -> JsValue {
     let data = convert::message(message);
     let payload = convert::get(&data, "data");
     let event = js_sys::Object::new();
-    let _ = js_sys::Reflect::set(
-        &event,
-        &"version".into(),
-        &JsValue::from_f64(version as f64),
-    );
-    let _ = js_sys::Reflect::set(&event, &"type".into(), &convert::get(&payload, "type"));
-    let _ = js_sys::Reflect::set(&event, &"data".into(), &convert::get(&payload, "data"));
-    let _ = js_sys::Reflect::set(
-        &event,
-        &"timestamp".into(),
-        &JsValue::from_str(&message.timestamp),
-    );
-    let before = st.borrow().version;
-    apply(st, version, &event.into());
-    if st.borrow().version != before {
-        notify(st);
-    }
+    let set = |k: &str, v: &JsValue| {
+        let _ = js_sys::Reflect::set(&event, &k.into(), v);
+    };
+    set("version", &JsValue::from_f64(version as f64));
+    set("type", &convert::get(&payload, "type"));
+    set("data", &convert::get(&payload, "data"));
+    set("timestamp", &JsValue::from_str(&message.timestamp));
+    event.into()
 }
 
-/// Our `append` was accepted at `version`: fold the events now if nothing else came between.
-pub(crate) fn on_appended(st: &Rc<RefCell<StreamState>>, events: &[JsValue], version: u64) {
-    let n = events.len() as u64;
-    if st.borrow().version + n != version {
-        return; // others appended in between; the live feed brings everything in order
+impl Follower for Cell {
+    /// Fold the snapshot and events, then subscribe from the folded version.
+    fn loaded(self: Rc<Self>, shared: &SharedRef, events: &Events) {
+        let plan = self.borrow().fold.load(events);
+        if let (Some(version), Some(snap)) = (plan.snapshot, &events.snapshot) {
+            let mut s = self.borrow_mut();
+            s.state = convert::to_js(&snap.state);
+            s.fold.restored(version);
+        }
+        for i in plan.apply {
+            if let Some(e) = events.events.get(i) {
+                apply(&self, e.version, &convert::to_js(e));
+            }
+        }
+        self.borrow_mut().fold.loaded(events);
+        notify(&self);
+        let (id, version) = {
+            let s = self.borrow();
+            (s.id.clone(), s.fold.resume_after())
+        };
+        let handlers = Handlers {
+            receiver: Receiver::Stream(self.clone()),
+            on_recovery: Vec::new(),
+            on_error: Vec::new(),
+        };
+        let since = Some(Position {
+            offset: version,
+            epoch: None,
+        });
+        match client::subscribe_with(shared, &id, since, handlers) {
+            Ok(sub) => self.borrow_mut().sub = Some(sub),
+            Err(e) => self.failed(&convert::error(&e)),
+        }
     }
-    let first = version + 1 - n;
-    for (i, e) in events.iter().enumerate() {
-        let v = first + i as u64;
-        let _ = js_sys::Reflect::set(e, &"version".into(), &JsValue::from_f64(v as f64));
-        apply(st, v, e);
-    }
-    notify(st);
-}
 
-/// Loading or following failed.
-pub(crate) fn on_error(st: &Rc<RefCell<StreamState>>, err: &JsValue) {
-    let cbs = st.borrow().on_error.clone();
-    for cb in cbs {
-        call1(&cb, err);
+    /// Fold our accepted events now if nothing else was appended in between; otherwise the
+    /// live feed brings every event in order.
+    fn appended(&self, events: &[JsValue], version: u64) {
+        let Some(versions) = self.borrow().fold.appended(events.len() as u64, version) else {
+            return;
+        };
+        let mut changed = false;
+        for (v, e) in versions.zip(events) {
+            let _ = js_sys::Reflect::set(e, &"version".into(), &JsValue::from_f64(v as f64));
+            changed |= apply(self, v, e);
+        }
+        if changed {
+            notify(self);
+        }
+    }
+
+    fn message(&self, message: &Message) {
+        let Some(version) = message.offset else {
+            return;
+        };
+        if !self.borrow().fold.is_next(version) {
+            return;
+        }
+        if apply(self, version, &event_of(version, message)) {
+            notify(self);
+        }
+    }
+
+    fn failed(&self, err: &JsValue) {
+        let cbs = self.borrow().on_error.clone();
+        for cb in cbs {
+            call1(&cb, err);
+        }
     }
 }
 
@@ -195,7 +222,7 @@ impl EventStream {
     /// The version of the last applied event.
     #[wasm_bindgen(getter)]
     pub fn version(&self) -> f64 {
-        self.state.borrow().version as f64
+        self.state.borrow().fold.version() as f64
     }
 
     /// Call `handler(state, version)` after every change.
@@ -239,7 +266,7 @@ impl EventStream {
         };
         let (id, version) = {
             let s = self.state.borrow();
-            (s.id.clone(), s.version)
+            (s.id.clone(), s.fold.version())
         };
         let mut slots = None;
         let promise = Promise::new(&mut |resolve, reject| slots = Some((resolve, reject)));
