@@ -1,8 +1,11 @@
 //! The browser shell: turns browser events into [`crate::core::Input`]s and
 //! [`crate::core::Action`]s into browser calls, and exports the JS API.
 //!
-//! * [`client`] — `TidingsClient` and `Subscription`, the action pump.
-//! * [`stream`] — `EventStream`: replay a stream with a reducer, follow it, append.
+//! * [`client`] — `TidingsClient` and the action pump. It imports neither `subscription` nor
+//!   `stream`: they add methods to `TidingsClient` and plug into the pump (`Follower`).
+//! * [`subscription`] — `Subscription` and `TidingsClient.subscribe`.
+//! * [`stream`] — `EventStream` and `TidingsClient.stream`: the reducer and handlers around
+//!   the core's `StreamFold`.
 //! * [`browser`] — WebSocket, timer and listeners that unhook themselves on drop.
 //! * [`convert`] — options, errors, messages and replies as JS values.
 //! * [`types`] — the TypeScript declarations shipped in the package.
@@ -11,7 +14,9 @@ pub mod browser;
 pub mod client;
 pub mod convert;
 pub mod stream;
+pub mod subscription;
 pub mod types;
 
-pub use client::{Subscription, TidingsClient};
+pub use client::TidingsClient;
 pub use stream::EventStream;
+pub use subscription::Subscription;

@@ -2,8 +2,8 @@
 //!
 //! Writes go through one **writer** (`writer.rs`) on its own thread: it takes commands from a
 //! bounded channel, batches whatever is waiting into one transaction (group commit), assigns
-//! offsets, commits, and only then fans the committed messages out through the hub, in offset
-//! order. So a subscriber never sees an offset that a crash can take back, and per-topic order
+//! offsets, commits, and only then hands the committed rows to its [`Listeners`] (the fan-out), in
+//! offset order. So a subscriber never sees an offset that a crash can take back, and per-topic order
 //! is the commit order on every connection.
 //!
 //! Reads (history, recovery, catch-up, stream reads) go through a [`Reader`] and never block
@@ -25,6 +25,7 @@
 //! and each command's outcome to its [`Reply`] callback. This is the seam another backend
 //! (Redis) plugs into.
 
+mod command;
 mod memory;
 mod plan;
 mod shared;
@@ -35,6 +36,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use command::{Command, Committed, Reply, reply_channel};
 pub use shared::{Heads, Health};
 pub use sqlite::{BackupReport, backup};
 
@@ -177,85 +179,6 @@ pub enum StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(e.to_string())
-    }
-}
-
-/// What a successful write produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    /// The topic or stream.
-    pub topic: String,
-    /// The last offset written (for a duplicate publish: the original offset).
-    pub offset: u64,
-    /// The topic's epoch.
-    pub epoch: String,
-}
-
-/// Where the writer sends the outcome of a command: called once, on the writer thread, so it
-/// must not block (queue a frame, send on a channel).
-pub type Reply = Box<dyn FnOnce(Result<Committed, StoreError>) + Send>;
-
-/// A request to the writer.
-pub enum Command {
-    /// Store and fan out one message.
-    Publish {
-        /// Topic.
-        topic: Arc<str>,
-        /// Payload.
-        data: Json,
-        /// Publisher's client id (or `"server"`, `"api"`).
-        from: String,
-        /// The publishing connection, handed back with the committed row so the fan-out can
-        /// skip it (no echo); the store gives it no meaning.
-        origin: Option<u64>,
-        /// Idempotency key.
-        id: Option<IdempotencyKey>,
-        /// Who gets the outcome.
-        reply: Option<Reply>,
-        /// When the publish was decoded (fan-out latency metric).
-        started: Instant,
-    },
-    /// Append events to a stream, optionally at an expected version.
-    Append {
-        /// Stream name.
-        stream: Arc<str>,
-        /// `None`: any version; `Some(0)`: must not exist; `Some(n)`: must be at n.
-        expected: Option<u64>,
-        /// Events in order.
-        events: Vec<NewEvent>,
-        /// Appender's client id (or `"server"`).
-        from: String,
-        /// Who gets the outcome.
-        reply: Option<Reply>,
-    },
-    /// Save a snapshot of a stream's folded state.
-    Snapshot {
-        /// Stream name.
-        stream: String,
-        /// The version the state includes.
-        version: u64,
-        /// The state as JSON.
-        state: Json,
-        /// Completion.
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Background upkeep, a bounded amount per command: retention, freeing empty topics,
-    /// probing a failing backend.
-    Maintain,
-    /// Answer once everything sent before has been committed.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Commands carry payloads and reply channels; their kind is what a log line needs.
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Publish { .. } => "Publish",
-            Command::Append { .. } => "Append",
-            Command::Snapshot { .. } => "Snapshot",
-            Command::Maintain => "Maintain",
-            Command::Flush(_) => "Flush",
-        })
     }
 }
 
@@ -603,15 +526,6 @@ impl Store {
             self.flush().await;
         }
     }
-}
-
-/// A [`Reply`] that sends the outcome to the returned receiver.
-pub fn reply_channel() -> (Reply, oneshot::Receiver<Result<Committed, StoreError>>) {
-    let (done, wait) = oneshot::channel();
-    let reply: Reply = Box::new(move |outcome| {
-        let _ = done.send(outcome);
-    });
-    (reply, wait)
 }
 
 /// An `i64` column value for an offset; offsets are range-checked where clients send them

@@ -1,0 +1,61 @@
+//! The SDK's layers (ARCHITECTURE.md, "SDK"): the sans-IO `core` never names the browser
+//! shell, and inside the shell `client.rs` (the pump) imports neither `stream.rs` nor
+//! `subscription.rs`, which build on it. This test reads the sources and fails on an edge that
+//! points the wrong way, so the import cycle cannot come back.
+
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rs_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The file's code, without `//` comments (doc links may name anything).
+fn code(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .expect("read source")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_core_never_names_the_browser_shell() {
+    let mut files = Vec::new();
+    rs_files(&src().join("core"), &mut files);
+    assert!(files.len() > 5, "found the core's files");
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            let text = code(f);
+            ["crate::wasm", "wasm_bindgen", "js_sys", "web_sys"]
+                .iter()
+                .any(|name| text.contains(name))
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "core files naming the shell: {offenders:?}"
+    );
+}
+
+#[test]
+fn the_pump_does_not_import_what_builds_on_it() {
+    let text = code(&src().join("wasm").join("client.rs"));
+    for upper in ["stream", "subscription"] {
+        for edge in [format!("super::{upper}"), format!("crate::wasm::{upper}")] {
+            assert!(!text.contains(&edge), "client.rs names {edge}");
+        }
+    }
+}
