@@ -441,7 +441,6 @@ impl Hub {
     }
 }
 
-/// Encode a `message` frame once, into a buffer that is shared by every subscriber.
 #[cfg(test)]
 mod tests {
     use super::*;

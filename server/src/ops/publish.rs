@@ -69,10 +69,10 @@ pub async fn publish(
             ..
         } = op;
         let delivery = ops.hub.publish(
-            &topic.clone(),
+            &topic,
             origin,
             || {
-                let message = Message::live(topic, data, from, clock::now_rfc3339());
+                let message = Message::live(topic.clone(), data, from, clock::now_rfc3339());
                 Utf8Bytes::from(ServerMessage::Message(message).encode())
             },
             started,
@@ -81,17 +81,21 @@ pub async fn publish(
             queued: delivery.queued,
         });
     }
-    let scope = match who {
-        Who::User(identity) => format!("user:{}", identity.user),
-        Who::Trusted => op.from.clone(),
-    };
+    // Idempotency keys are scoped to the publisher: a user's keys never meet another's.
+    let id = op.id.map(|id| IdempotencyKey {
+        scope: match who {
+            Who::User(identity) => format!("user:{}", identity.user),
+            Who::Trusted => op.from.clone(),
+        },
+        id,
+    });
     ops.store
         .send(Command::Publish {
             topic: Arc::from(op.topic),
             data: op.data,
             from: op.from,
             origin: op.origin,
-            id: op.id.map(|id| IdempotencyKey { scope, id }),
+            id,
             reply,
             started: op.started,
         })

@@ -110,7 +110,12 @@ pub(super) fn plan(
             .checked_sub(inputs.dedup_window)
             .unwrap_or(UNIX_EPOCH),
     );
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        rows: Vec::with_capacity(batch.len()),
+        origins: Vec::with_capacity(batch.len()),
+        outcomes: Vec::with_capacity(batch.len()),
+        ..Plan::default()
+    };
     // Keys written by this batch, to the row that holds them.
     let mut in_batch: HashMap<(Arc<str>, IdempotencyKey), usize> = HashMap::new();
     let head_for = |dirty: &HashMap<Arc<str>, Head>,

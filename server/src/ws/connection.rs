@@ -265,7 +265,8 @@ async fn perform(
         // idle connection would otherwise carry.
         Action::Publish(m, started) => {
             let r#ref = m.r#ref.clone();
-            let topic = m.topic.clone();
+            // Only a request with a `ref` gets an ack on an ephemeral topic, naming the topic.
+            let ack_topic = r#ref.as_ref().map(|_| m.topic.clone());
             let op = PublishOp {
                 topic: m.topic,
                 data: m.data,
@@ -277,13 +278,15 @@ async fn perform(
             let on_commit = publish_reply(mailbox.clone(), r#ref.clone());
             match Box::pin(ops::publish(ops, who, op, Some(on_commit))).await {
                 Ok(Routed::Durable) => return Ok(()),
-                Ok(Routed::Ephemeral { .. }) if r#ref.is_none() => return Ok(()),
-                Ok(Routed::Ephemeral { .. }) => ServerMessage::Published(Published {
-                    r#ref,
-                    topic,
-                    offset: None,
-                    epoch: None,
-                }),
+                Ok(Routed::Ephemeral { .. }) => match ack_topic {
+                    None => return Ok(()),
+                    Some(topic) => ServerMessage::Published(Published {
+                        r#ref,
+                        topic,
+                        offset: None,
+                        epoch: None,
+                    }),
+                },
                 Err(OpError::Store(e @ StoreError::Closed)) => return Err(e),
                 Err(e) => refusal(ops, &e, r#ref),
             }
