@@ -22,6 +22,8 @@ pub enum StoreKind {
     Sqlite,
     /// Process memory: history is bounded by retention and lost on restart.
     Memory,
+    /// Redis (set by `redis_url`): several nodes share history and fan-out.
+    Redis,
 }
 
 impl StoreKind {
@@ -30,6 +32,7 @@ impl StoreKind {
         match self {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Memory => "memory",
+            StoreKind::Redis => "redis",
         }
     }
 }
@@ -130,6 +133,14 @@ pub struct Config {
     /// original offset instead of being stored again.
     #[serde(with = "duration_str")]
     pub dedup_window: Duration,
+    /// Redis servers (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS). Set: durable
+    /// topics and streams live in Redis and every node on the same servers is one server.
+    /// Several URLs shard topics across them by topic name; every node must list the same
+    /// URLs in the same order.
+    #[serde(with = "one_or_many")]
+    pub redis_url: Vec<String>,
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    pub redis_prefix: String,
 }
 
 impl Default for Config {
@@ -169,6 +180,8 @@ impl Default for Config {
             slow_consumer_timeout: Duration::from_secs(30),
             api_key: None,
             dedup_window: Duration::from_secs(3600),
+            redis_url: Vec::new(),
+            redis_prefix: "tidings".into(),
         }
     }
 }
@@ -217,6 +230,24 @@ pub enum ConfigError {
     },
 }
 
+/// Most Redis servers topics can be sharded over.
+pub const MAX_REDIS_SHARDS: usize = 64;
+
+/// `url` with its password replaced by `<redacted>`, for logs and `check-config`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The longest any configured duration may be (ten years): far beyond any sensible timeout
 /// or window, and short enough that `now - duration` stays after 1970 and `now + duration`
 /// fits every clock.
@@ -229,6 +260,61 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_limits()?;
+        self.validate_redis()
+    }
+
+    /// Where durable topics live: Redis when `redis_url` is set, otherwise `store`.
+    pub fn store_kind(&self) -> StoreKind {
+        if self.redis_url.is_empty() {
+            self.store
+        } else {
+            StoreKind::Redis
+        }
+    }
+
+    /// The Redis settings: parseable URLs, at most [`MAX_REDIS_SHARDS`], a prefix that keeps
+    /// every key of a topic in one Redis Cluster hash slot (no braces).
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: String| ConfigError::Invalid { name, reason };
+        if self.store == StoreKind::Redis && self.redis_url.is_empty() {
+            return Err(invalid(
+                "store",
+                "`redis` needs redis_url (--redis-url / TIDINGS_REDIS_URL)".into(),
+            ));
+        }
+        if self.redis_url.len() > MAX_REDIS_SHARDS {
+            return Err(invalid(
+                "redis_url",
+                format!("at most {MAX_REDIS_SHARDS} URLs"),
+            ));
+        }
+        for url in &self.redis_url {
+            let parsed = redis::parse_redis_url(url)
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix"));
+            if parsed.is_none() {
+                return Err(invalid(
+                    "redis_url",
+                    format!("not a redis:// or rediss:// URL: {:?}", redact_url(url)),
+                ));
+            }
+        }
+        let prefix = &self.redis_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(invalid(
+                "redis_prefix",
+                "1 to 64 bytes, no whitespace, control characters or braces".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
                 name,
@@ -415,6 +501,28 @@ pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
 }
 
 /// CIDR lists in TOML as strings: `["10.0.0.0/8", "127.0.0.1"]`.
+/// `redis_url` in TOML: one URL as a string, or a list of them.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(url) => vec![url],
+            OneOrMany::Many(urls) => urls,
+        })
+    }
+}
+
 mod cidr_list {
     use serde::{Deserialize, Deserializer, Serializer};
 

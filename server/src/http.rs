@@ -183,7 +183,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "commit": env!("TIDINGS_GIT_COMMIT"),
         "node": shared.node,
         "store": shared.ops.store.kind().as_str(),
-        "durable": shared.ops.store.kind() == crate::store::StoreKind::Sqlite,
+        "durable": shared.ops.store.kind() != crate::store::StoreKind::Memory,
         "stored_topics": shared.ops.store.topic_count(),
     });
     if let Err(error) = store {

@@ -402,6 +402,25 @@ impl Hub {
 }
 
 impl Hub {
+    /// Restart every subscriber's cursor of `topic` at `from` (its history was replaced by a
+    /// new epoch). A subscriber whose queue is full is closed as a slow consumer instead: it
+    /// resubscribes and learns the same from `recovered: false`.
+    pub fn retrack(&self, topic: &Arc<str>, from: u64) {
+        let Some(entry) = self.topic(topic) else {
+            return;
+        };
+        let subs = entry
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for mailbox in subs.iter() {
+            mailbox.offer(Outbound::Track {
+                topic: Arc::clone(topic),
+                from,
+            });
+        }
+    }
+
     /// Queue a run of already-committed, already-encoded durable `message` frames for every
     /// subscriber of its topic (one shared item each; a publisher's own frames are skipped by
     /// its connection's writer). Called by the store's writer, in offset order. Never waits.

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use auth::{AuthError, MIN_SECRET_BYTES, TokenSpec, mint as mint_token};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, redact_url};
 pub use hub::Delivery;
 pub use repository::{Repository, RepositoryError};
 pub use retention::RetentionRule;

@@ -65,6 +65,12 @@ pub struct Metrics {
     pub retention_checks: Counter,
     /// Topics the store keeps a head for.
     pub stored_topics: Gauge,
+    /// Round-trip time of Redis requests (a pipeline counts once).
+    pub redis_seconds: Histogram,
+    /// Commands sent to Redis per writer round (the group-commit batch size).
+    pub redis_batch: Histogram,
+    /// Times a pub/sub connection to Redis was re-established.
+    pub redis_pubsub_reconnects: Counter,
 }
 
 impl Metrics {
@@ -87,6 +93,11 @@ impl Metrics {
             ]),
             retention_checks: Counter::default(),
             stored_topics: Gauge::default(),
+            redis_seconds: Histogram::new([
+                5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+            ]),
+            redis_batch: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+            redis_pubsub_reconnects: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,6 +156,21 @@ impl Metrics {
             "stored_topics",
             "Topics the store keeps a head for (holding messages, or subscribed)",
             m.stored_topics.clone(),
+        );
+        registry.register(
+            "redis_seconds",
+            "Round-trip time of Redis requests and pipelines",
+            m.redis_seconds.clone(),
+        );
+        registry.register(
+            "redis_batch_commands",
+            "Commands sent to Redis per writer round",
+            m.redis_batch.clone(),
+        );
+        registry.register(
+            "redis_pubsub_reconnects",
+            "Times a Redis pub/sub connection was re-established",
+            m.redis_pubsub_reconnects.clone(),
         );
         for code in ErrorCode::ALL {
             // Pre-create every series so dashboards see zeros, not gaps.

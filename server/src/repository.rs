@@ -73,7 +73,7 @@ impl<A: Aggregate> Repository<A> {
     /// The current state of aggregate `id` (the default state at version 0 if it has no
     /// events). Events of types this build does not know are skipped with a warning.
     pub async fn load(&self, id: &str) -> Result<Versioned<A>, RepositoryError> {
-        let latest = self.store.head(id).map_or(0, |h| h.latest);
+        let latest = self.store.head(id).await?.map_or(0, |h| h.latest);
         let mut current = match self.store.snapshot(id).await? {
             Some((version, state)) if version <= latest => {
                 Versioned::from_snapshot(&Snapshot { version, state })?

@@ -82,6 +82,10 @@ impl Listeners for Fanout {
     fn free_if_unsubscribed(&self, topic: &str, free: &mut dyn FnMut()) -> bool {
         self.hub.free_if_unsubscribed(topic, free)
     }
+
+    fn rebased(&self, topic: &Arc<str>, from: u64) {
+        self.hub.retrack(topic, from);
+    }
 }
 
 #[cfg(test)]

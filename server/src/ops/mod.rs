@@ -35,7 +35,7 @@ use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{RedisConfig, Store, StoreConfig, StoreError};
 use crate::topic::{self, TopicError};
 
 /// What every operation works with: one server instance's configuration, token verifier,
@@ -70,7 +70,7 @@ impl Ops {
         let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
         let store = Store::open(
             &StoreConfig {
-                kind: config.store,
+                kind: config.store_kind(),
                 data_dir: config.data_dir.clone(),
                 fsync: config.fsync,
                 retention: retention.clone(),
@@ -78,6 +78,10 @@ impl Ops {
                 dedup_window: config.dedup_window,
                 max_read_bytes: config.max_reply_bytes,
                 clock,
+                redis: (!config.redis_url.is_empty()).then(|| RedisConfig {
+                    urls: config.redis_url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                }),
             },
             Arc::new(fanout::Fanout::new(Arc::clone(&hub))),
             Arc::clone(&metrics),

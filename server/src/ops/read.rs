@@ -23,7 +23,7 @@ pub async fn history(ops: &Ops, who: Who<'_>, h: History) -> Result<ServerMessag
         .read(&h.topic, h.since.unwrap_or(0), limit)
         .await?;
     // The head after the read: `latest` is then never below an offset on the page.
-    let head = ops.store.head(&h.topic);
+    let head = ops.store.head(&h.topic).await?;
     let epoch = head.as_ref().map(|h| h.epoch.clone()).unwrap_or_default();
     let last = page.rows.last().map_or(0, |r| r.offset);
     let latest = head.map_or(0, |h| h.latest).max(last);
@@ -45,7 +45,7 @@ pub async fn read(ops: &Ops, who: Who<'_>, r: Read) -> Result<ServerMessage, OpE
     ops.check_readable(who, &r.stream)?;
     let limit = ops.config.history_limit as usize;
     let from = r.from_version.unwrap_or(0);
-    let version = ops.store.head(&r.stream).map_or(0, |h| h.latest);
+    let version = ops.store.head(&r.stream).await?.map_or(0, |h| h.latest);
     let snapshot = match ops.store.snapshot(&r.stream).await? {
         Some((v, state)) if v > from && v <= version => Some(Snapshot { version: v, state }),
         _ => None,

@@ -3,7 +3,11 @@
 //! The order matters (it is what keeps freeing a topic's state safe): a subscriber registers
 //! in the hub first and reads the topic's head after. The store frees a topic's head only while
 //! nobody is registered, under the hub's lock, so the head read here can never belong to a
-//! history that is freed and restarted under this subscriber.
+//! history that is freed and restarted under this subscriber. On Redis the node's channel
+//! subscription for the topic is confirmed between the two ([`Store::watch`]), so whatever is
+//! committed after the head read reaches this node.
+//!
+//! [`Store::watch`]: crate::store::Store::watch
 
 use std::sync::Arc;
 
@@ -11,6 +15,7 @@ use tidings_protocol::Position;
 
 use super::Ops;
 use crate::hub::{ConnId, Mailbox};
+use crate::store::{Head, StoreError};
 
 /// What subscribing one topic means for its delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,26 +40,43 @@ pub enum Subscription {
 
 /// Subscribe `mailbox` to `topic` (registering it when `new`), resuming after `since` if
 /// given.
-pub fn subscribe(
+///
+/// # Errors
+/// [`StoreError`] when the store cannot be reached (Redis down); a new registration is then
+/// undone.
+pub async fn subscribe(
     ops: &Ops,
     mailbox: &Mailbox,
     topic: &Arc<str>,
     new: bool,
     since: Option<&Position>,
-) -> Subscription {
+) -> Result<Subscription, StoreError> {
     if new {
         ops.hub.subscribe(topic, mailbox);
     }
     if ops.retention.is_ephemeral(topic) {
-        return Subscription::Live {
+        return Ok(Subscription::Live {
             recovered: since.map(|_| false),
-        };
+        });
     }
     if !new && since.is_none() {
-        return Subscription::Unchanged;
+        return Ok(Subscription::Unchanged);
     }
-    let (start, recovered) = start_position(ops, topic, since);
-    Subscription::Durable { start, recovered }
+    let head = match ops.store.watch(topic).await {
+        Ok(()) => ops.store.head(topic).await,
+        Err(e) => Err(e),
+    };
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            if new {
+                ops.hub.unsubscribe(topic, mailbox.id());
+            }
+            return Err(e);
+        }
+    };
+    let (start, recovered) = start_position(head, since);
+    Ok(Subscription::Durable { start, recovered })
 }
 
 /// Remove connection `id` from `topic`.
@@ -64,8 +86,7 @@ pub fn unsubscribe(ops: &Ops, id: ConnId, topic: &str) {
 
 /// Where delivery of a durable topic starts (the last position the client is taken to have),
 /// and (when the client asked to resume) whether the resume is complete.
-fn start_position(ops: &Ops, name: &str, position: Option<&Position>) -> (Position, Option<bool>) {
-    let head = ops.store.head(name);
+fn start_position(head: Option<Head>, position: Option<&Position>) -> (Position, Option<bool>) {
     let at = |offset: u64| Position {
         offset,
         epoch: head.as_ref().map(|h| h.epoch.clone()),

@@ -28,6 +28,7 @@
 mod command;
 mod memory;
 mod plan;
+mod redis;
 mod shared;
 mod sqlite;
 mod upkeep;
@@ -37,6 +38,7 @@ mod writer;
 mod tests;
 
 pub use command::{Command, Committed, Reply, reply_channel};
+pub use redis::RedisConfig;
 pub use shared::{Heads, Health};
 pub use sqlite::{BackupReport, backup};
 
@@ -207,6 +209,9 @@ pub trait Listeners: Send + Sync + 'static {
     /// returns whether it ran. A subscriber registers before it reads a topic's head, so it
     /// never holds the head of a history freed under it.
     fn free_if_unsubscribed(&self, topic: &str, free: &mut dyn FnMut()) -> bool;
+    /// `topic`'s history was replaced by a new epoch (a Redis that lost its data): every
+    /// subscriber's cursor restarts at `from` in the new epoch.
+    fn rebased(&self, topic: &Arc<str>, from: u64);
 }
 
 /// Read access to stored messages and snapshots; safe to call from any thread.
@@ -299,17 +304,33 @@ pub struct StoreConfig {
     pub max_read_bytes: usize,
     /// Where the writer reads the time (the dedup window, age retention, row timestamps).
     pub clock: Arc<dyn Clock>,
+    /// The Redis servers when `kind` is [`StoreKind::Redis`].
+    pub redis: Option<RedisConfig>,
 }
 
-/// Handle to the store: the writer's channel, a reader and the shared heads.
+/// Handle to the store: the writer's channel, and where reads go.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Command>,
-    reader: Arc<dyn Reader>,
-    heads: Arc<Heads>,
+    log: Log,
     health: Arc<Health>,
     kind: StoreKind,
     max_read_bytes: usize,
+}
+
+/// Where reads go: this process's reader and heads, or Redis.
+#[derive(Clone)]
+enum Log {
+    Local {
+        reader: Arc<dyn Reader>,
+        heads: Arc<Heads>,
+    },
+    Redis {
+        log: Arc<redis::RedisLog>,
+        feeds: Vec<redis::Feed>,
+        /// Ends the Redis tasks when the last handle goes.
+        _stop: Arc<tokio_util::sync::DropGuard>,
+    },
 }
 
 /// How often the writer is asked for background upkeep.
@@ -325,19 +346,39 @@ impl Store {
         listeners: Arc<dyn Listeners>,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        if config.kind == StoreKind::Redis {
+            let redis = config
+                .redis
+                .as_ref()
+                .ok_or_else(|| StoreError::Backend("no Redis URL configured".into()))?;
+            let (log, feeds) =
+                redis::open(config, redis, rx, listeners, metrics, Arc::clone(&health))?;
+            let stop = log.stop.clone().drop_guard();
+            return Ok(Store {
+                tx,
+                log: Log::Redis {
+                    log,
+                    feeds,
+                    _stop: Arc::new(stop),
+                },
+                health,
+                kind: config.kind,
+                max_read_bytes: config.max_read_bytes,
+            });
+        }
         let (backend, reader): (Box<dyn Backend>, Arc<dyn Reader>) = match config.kind {
             StoreKind::Sqlite => {
                 let (b, r) = sqlite::open(&config.data_dir, config.fsync)?;
                 (Box::new(b), Arc::new(r))
             }
-            StoreKind::Memory => {
+            StoreKind::Memory | StoreKind::Redis => {
                 let (b, r) = memory::open();
                 (Box::new(b), Arc::new(r))
             }
         };
         let heads = Arc::new(Heads::default());
-        let health = Arc::new(Health::default());
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
         writer::start(writer::Setup {
             backend,
             rx,
@@ -364,8 +405,7 @@ impl Store {
             .map_err(|e| StoreError::Backend(format!("start retention thread: {e}")))?;
         Ok(Store {
             tx,
-            reader,
-            heads,
+            log: Log::Local { reader, heads },
             health,
             kind: config.kind,
             max_read_bytes: config.max_read_bytes,
@@ -388,8 +428,28 @@ impl Store {
 
     /// Topics the store keeps a head for: those holding messages, and emptied ones that
     /// still have subscribers (the others are freed in the background).
+    /// On Redis: the topics this node watches (has local subscribers of).
     pub fn topic_count(&self) -> usize {
-        self.heads.len()
+        match &self.log {
+            Log::Local { heads, .. } => heads.len(),
+            Log::Redis { log, .. } => log.watched(),
+        }
+    }
+
+    /// Make sure what is committed to `topic` from now on reaches this node's fan-out: on
+    /// Redis, the node's channel subscription for the topic (one per topic, however many
+    /// local subscribers), confirmed before this returns. Call it after registering a
+    /// subscriber and before reading the head. Nothing to do for a local store.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] while Redis is unreachable.
+    pub async fn watch(&self, topic: &Arc<str>) -> Result<(), StoreError> {
+        match &self.log {
+            Log::Local { .. } => Ok(()),
+            Log::Redis { log, feeds, .. } => {
+                feeds[log.shard_of(topic)].watch(Arc::clone(topic)).await
+            }
+        }
     }
 
     /// Send a command to the writer, waiting if its queue is full.
@@ -401,8 +461,14 @@ impl Store {
     }
 
     /// The head of `topic`, if it exists.
-    pub fn head(&self, topic: &str) -> Option<Head> {
-        self.heads.get(topic)
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be read (a local store never fails).
+    pub async fn head(&self, topic: &str) -> Result<Option<Head>, StoreError> {
+        match &self.log {
+            Log::Local { heads, .. } => Ok(heads.get(topic)),
+            Log::Redis { log, .. } => log.head(topic).await,
+        }
     }
 
     /// One page of `topic` after offset `after`: at most `rows` rows and the store's byte
@@ -411,12 +477,15 @@ impl Store {
     /// # Errors
     /// [`StoreError::Backend`] when the backend fails.
     pub async fn read(&self, topic: &str, after: u64, rows: usize) -> Result<Page, StoreError> {
-        let reader = Arc::clone(&self.reader);
-        let topic = topic.to_owned();
         let limit = ReadLimit {
             rows,
             bytes: self.max_read_bytes,
         };
+        let reader = match &self.log {
+            Log::Local { reader, .. } => Arc::clone(reader),
+            Log::Redis { log, .. } => return log.read(topic, after, limit).await,
+        };
+        let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || reader.read(&topic, after, limit))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
@@ -427,7 +496,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Backend`] when the backend fails.
     pub async fn snapshot(&self, stream: &str) -> Result<Option<(u64, Json)>, StoreError> {
-        let reader = Arc::clone(&self.reader);
+        let reader = match &self.log {
+            Log::Local { reader, .. } => Arc::clone(reader),
+            Log::Redis { log, .. } => return log.snapshot(stream).await,
+        };
         let stream = stream.to_owned();
         tokio::task::spawn_blocking(move || reader.snapshot(&stream))
             .await

@@ -45,6 +45,8 @@ impl Listeners for Recorder {
         free();
         true
     }
+
+    fn rebased(&self, _topic: &Arc<str>, _from: u64) {}
 }
 
 impl Recorder {
@@ -89,6 +91,7 @@ fn open_with(
             dedup_window: Duration::from_secs(60),
             max_read_bytes,
             clock: Arc::clone(&clock) as Arc<dyn Clock>,
+            redis: None,
         },
         Arc::clone(&listeners) as Arc<dyn Listeners>,
         Arc::clone(&metrics),
@@ -130,7 +133,11 @@ async fn retention_by_count_trims_on_both_backends() {
                 .expect("publish");
         }
         f.store.maintain().await;
-        assert_eq!(f.store.head("t").map(|h| h.first), Some(41), "{kind:?}");
+        assert_eq!(
+            f.store.head("t").await.expect("head").map(|h| h.first),
+            Some(41),
+            "{kind:?}"
+        );
         let rows = f.store.read("t", 0, 100).await.expect("read").rows;
         assert_eq!(rows.first().map(|r| r.offset), Some(41), "{kind:?}");
         assert_eq!(rows.len(), 10);
@@ -159,7 +166,7 @@ async fn messages_older_than_max_age_are_trimmed_on_both_backends() {
         }
         f.store.maintain().await;
         assert_eq!(
-            f.store.head("aging").map(|h| h.first),
+            f.store.head("aging").await.expect("head").map(|h| h.first),
             Some(1),
             "{kind:?}: none is old yet"
         );
@@ -167,10 +174,18 @@ async fn messages_older_than_max_age_are_trimmed_on_both_backends() {
         // exactly 60 s old, not older.
         f.clock.advance(Duration::from_secs(20));
         f.store.maintain().await;
-        assert_eq!(f.store.head("aging").map(|h| h.first), Some(2), "{kind:?}");
+        assert_eq!(
+            f.store.head("aging").await.expect("head").map(|h| h.first),
+            Some(2),
+            "{kind:?}"
+        );
         f.clock.advance(Duration::from_millis(1));
         f.store.maintain().await;
-        assert_eq!(f.store.head("aging").map(|h| h.first), Some(3), "{kind:?}");
+        assert_eq!(
+            f.store.head("aging").await.expect("head").map(|h| h.first),
+            Some(3),
+            "{kind:?}"
+        );
         f.clock.advance(Duration::from_secs(3600));
         f.store.maintain().await;
         assert!(
@@ -182,7 +197,11 @@ async fn messages_older_than_max_age_are_trimmed_on_both_backends() {
                 .is_empty()
         );
         assert_eq!(
-            f.store.head("aging").map(|h| (h.first, h.latest)),
+            f.store
+                .head("aging")
+                .await
+                .expect("head")
+                .map(|h| (h.first, h.latest)),
             Some((6, 5)),
             "{kind:?}: emptied, offsets never reused while the topic lives"
         );
@@ -329,6 +348,8 @@ async fn emptied_topics_are_freed_by_work_that_follows_the_writes() {
         let kept = f
             .store
             .head("kept")
+            .await
+            .expect("head")
             .expect("a subscribed topic keeps its head");
         assert!(kept.is_empty() && kept.latest == 1);
         let checks = f.metrics.retention_checks.get();
@@ -356,7 +377,15 @@ async fn emptied_topics_are_freed_by_work_that_follows_the_writes() {
         if kind == StoreKind::Sqlite {
             let reopened = open_with(kind, &path, rules, 1 << 20);
             assert_eq!(reopened.store.topic_count(), 1, "only t7 comes back");
-            assert_eq!(reopened.store.head("t7").map(|h| h.latest), Some(1));
+            assert_eq!(
+                reopened
+                    .store
+                    .head("t7")
+                    .await
+                    .expect("head")
+                    .map(|h| h.latest),
+                Some(1)
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -405,7 +434,7 @@ async fn the_fan_out_gets_each_commit_in_order_with_origins_and_epochs() {
             })
         ));
         let rows = f.listeners.rows.lock().expect("lock").clone();
-        let epoch = f.store.head("t").expect("head").epoch;
+        let epoch = f.store.head("t").await.expect("head").expect("head").epoch;
         assert_eq!(
             rows,
             [

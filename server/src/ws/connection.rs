@@ -191,6 +191,7 @@ async fn read_loop(
     let overflowed = overflow.cancelled();
     tokio::pin!(overflowed);
     let mut actions = Vec::new();
+    let mut unavailable = Vec::new();
 
     loop {
         tokio::select! {
@@ -224,8 +225,12 @@ async fn read_loop(
                 }
                 for action in actions.drain(..) {
                     let who = (session.identity(), session.client_id());
-                    if perform(shared, who, mailbox, action).await.is_err() {
+                    if perform(shared, who, mailbox, action, &mut unavailable).await.is_err() {
                         return End::Close(CloseCode::GoingAway);
+                    }
+                    // Subscriptions the store could not start are not subscriptions.
+                    for topic in unavailable.drain(..) {
+                        session.forget(&topic);
                     }
                 }
                 if session.valid_until() != valid_until {
@@ -242,18 +247,22 @@ async fn read_loop(
 /// Replies and markers must not be lost, so they wait for room in the connection's own queue
 /// (a subscriber of a durable topic may be catching up with a full queue and is not slow for
 /// that). A client whose queue stays full for `slow_consumer_timeout` is a slow consumer.
-/// Fails only when the store is gone (the connection then closes with 1001).
+/// Fails only when the store is gone (the connection then closes with 1001). Topics whose
+/// subscription could not start (the store is unreachable) are added to `unavailable`.
 async fn perform(
     shared: &Shared,
     (identity, client_id): (&Identity, &str),
     mailbox: &Mailbox,
     action: Action,
+    unavailable: &mut Vec<Arc<str>>,
 ) -> Result<(), StoreError> {
     let ops = &shared.ops;
     let who = Who::User(identity);
     let reply = match action {
         Action::Reply(reply) => reply,
-        Action::Subscribe(request) => return subscribe(shared, mailbox, request).await,
+        Action::Subscribe(request) => {
+            return Box::pin(subscribe(shared, mailbox, request, unavailable)).await;
+        }
         Action::Unsubscribe(topics) => {
             for topic in topics {
                 ops::unsubscribe(ops, mailbox.id(), &topic);
@@ -325,17 +334,39 @@ async fn perform(
 
 /// Carry out an accepted `subscribe`: the cursor of every durable topic goes to the writer
 /// before the reply, and the store sync after it, so replay and live traffic meet with no
-/// gap and no duplicate (the cursor rule drops what arrives twice).
+/// gap and no duplicate (the cursor rule drops what arrives twice). A topic the store cannot
+/// start (Redis unreachable) is refused with `UNAVAILABLE`.
 async fn subscribe(
     shared: &Shared,
     mailbox: &Mailbox,
-    request: SubscribeAction,
+    mut request: SubscribeAction,
+    unavailable: &mut Vec<Arc<str>>,
 ) -> Result<(), StoreError> {
     let mut recovered = BTreeMap::new();
     let mut positions = BTreeMap::new();
     let mut syncs = Vec::new();
     for (topic, new, since) in &request.topics {
-        match ops::subscribe(&shared.ops, mailbox, topic, *new, since.as_ref()) {
+        let subscription =
+            match ops::subscribe(&shared.ops, mailbox, topic, *new, since.as_ref()).await {
+                Ok(subscription) => subscription,
+                Err(e) => {
+                    let code = ops::store_code(&e);
+                    shared.ops.metrics.error(code);
+                    request.refused.insert(
+                        topic.to_string(),
+                        tidings_protocol::server::Refusal {
+                            code,
+                            message: e.to_string(),
+                        },
+                    );
+                    request.all.retain(|t| **t != **topic);
+                    if *new {
+                        unavailable.push(Arc::clone(topic));
+                    }
+                    continue;
+                }
+            };
+        match subscription {
             Subscription::Unchanged => {}
             Subscription::Live { recovered: r } => {
                 if let Some(r) = r {
@@ -363,6 +394,17 @@ async fn subscribe(
                 syncs.push(Arc::clone(topic));
             }
         }
+    }
+    if request.topics.len() == 1
+        && request.refused.len() == 1
+        && positions.is_empty()
+        && recovered.is_empty()
+        && let Some((_, refusal)) = request.refused.pop_first()
+    {
+        // A request for a single topic that is refused gets an `error`, as it always did.
+        let error = ServerMessage::error(refusal.code, refusal.message, request.r#ref);
+        queue(shared, mailbox, encode(&error)).await;
+        return Ok(());
     }
     let reply = ServerMessage::Subscribed(Subscribed {
         topics: request.all,

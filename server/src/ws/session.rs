@@ -164,6 +164,11 @@ impl Session {
         self.identity.valid_until
     }
 
+    /// Drop `topic` from the subscriptions without a reply (its subscription could not start).
+    pub fn forget(&mut self, topic: &str) {
+        self.subscriptions.remove(topic);
+    }
+
     /// The topics this connection subscribes to.
     pub fn subscriptions(&self) -> impl Iterator<Item = &Arc<str>> {
         self.subscriptions.iter()

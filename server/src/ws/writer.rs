@@ -204,9 +204,13 @@ impl Writer {
 
     /// Deliver everything stored for `topic` up to its current head.
     async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Failed> {
-        match self.store.head(topic) {
-            Some(head) => self.fill(topic, head.latest).await,
-            None => Ok(()),
+        match self.store.head(topic).await {
+            Ok(Some(head)) => self.fill(topic, head.latest).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!("catch-up head of {topic} failed: {e}");
+                Err(Failed::Slow)
+            }
         }
     }
 
@@ -215,7 +219,13 @@ impl Writer {
         let Some(mut cursor) = self.cursors.get(topic) else {
             return Ok(());
         };
-        let epoch = self.store.head(topic).map(|h| h.epoch).unwrap_or_default();
+        let epoch = match self.store.head(topic).await {
+            Ok(head) => head.map(|h| h.epoch).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("catch-up head of {topic} failed: {e}");
+                return Err(Failed::Slow);
+            }
+        };
         while cursor < target {
             let rows = match self.store.read(topic, cursor, CATCH_UP_PAGE).await {
                 Ok(page) => page.rows,

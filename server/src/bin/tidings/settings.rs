@@ -133,6 +133,19 @@ pub struct ServeArgs {
     /// How long a publish `id` is remembered for idempotent retries. [default: 1h]
     #[arg(long, env = "TIDINGS_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
     pub dedup_window: Option<Duration>,
+    /// Redis server for durable topics and streams, shared by every node (redis://[user:pass@]host:port,
+    /// rediss:// for TLS); repeatable: several shard topics by name (same order on every node).
+    /// Set: the node runs on Redis instead of --store. [default: none]
+    #[arg(
+        long = "redis-url",
+        env = "TIDINGS_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_url: Vec<String>,
+    /// Prefix of every Redis key and channel (several deployments can share a Redis). [default: tidings]
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Key for the backend HTTP API under /api (Authorization: Bearer KEY). [default: API off]
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -218,6 +231,11 @@ impl Settings {
             note(&config.jwt_secret)
         };
         config.api_key = note(&config.api_key);
+        config.redis_url = config
+            .redis_url
+            .iter()
+            .map(|u| tidings_server::redact_url(u))
+            .collect();
         let mut table = toml::Table::try_from(&config).context("render the configuration")?;
         table.insert("bind".into(), toml::Value::String(self.bind.to_string()));
         table.insert("log".into(), toml::Value::String(self.log.clone()));
@@ -316,6 +334,10 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
     if !a.ephemeral_topics.is_empty() {
         config.ephemeral_topics = a.ephemeral_topics.clone();
     }
+    if !a.redis_url.is_empty() {
+        config.redis_url = a.redis_url.clone();
+    }
+    set(&mut config.redis_prefix, &a.redis_prefix);
 }
 
 fn random_secret() -> anyhow::Result<String> {
