@@ -83,6 +83,12 @@ impl Listeners for Fanout {
         self.hub.free_if_unsubscribed(topic, free)
     }
 
+    fn ephemeral(&self, topic: &str, frame: &str) {
+        let frame = Utf8Bytes::from(frame.to_owned());
+        self.hub
+            .publish(topic, None, || frame, std::time::Instant::now());
+    }
+
     fn rebased(&self, topic: &Arc<str>, from: u64) {
         self.hub.retrack(topic, from);
     }

@@ -68,15 +68,25 @@ pub async fn publish(
             started,
             ..
         } = op;
-        let delivery = ops.hub.publish(
-            &topic,
-            origin,
-            || {
-                let message = Message::live(topic.clone(), data, from, clock::now_rfc3339());
-                Utf8Bytes::from(ServerMessage::Message(message).encode())
-            },
-            started,
-        );
+        let frame = || {
+            let message = Message::live(topic.clone(), data, from, clock::now_rfc3339());
+            Utf8Bytes::from(ServerMessage::Message(message).encode())
+        };
+        if !ops.store.is_shared() {
+            let delivery = ops.hub.publish(&topic, origin, frame, started);
+            return Ok(Routed::Ephemeral {
+                queued: delivery.queued,
+            });
+        }
+        // Other nodes get it through Redis (in publish order: the writer's queue keeps it).
+        let frame = frame();
+        let delivery = ops.hub.publish(&topic, origin, || frame.clone(), started);
+        ops.store
+            .send(Command::Broadcast {
+                topic: Arc::from(topic.as_str()),
+                frame: frame.as_str().to_owned(),
+            })
+            .await?;
         return Ok(Routed::Ephemeral {
             queued: delivery.queued,
         });

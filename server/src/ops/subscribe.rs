@@ -54,15 +54,22 @@ pub async fn subscribe(
     if new {
         ops.hub.subscribe(topic, mailbox);
     }
-    if ops.retention.is_ephemeral(topic) {
-        return Ok(Subscription::Live {
-            recovered: since.map(|_| false),
+    let ephemeral = ops.retention.is_ephemeral(topic);
+    if !new && (ephemeral || since.is_none()) {
+        return Ok(if ephemeral {
+            Subscription::Live {
+                recovered: since.map(|_| false),
+            }
+        } else {
+            Subscription::Unchanged
         });
     }
-    if !new && since.is_none() {
-        return Ok(Subscription::Unchanged);
-    }
     let head = match ops.store.watch(topic).await {
+        Ok(()) if ephemeral => {
+            return Ok(Subscription::Live {
+                recovered: since.map(|_| false),
+            });
+        }
         Ok(()) => ops.store.head(topic).await,
         Err(e) => Err(e),
     };

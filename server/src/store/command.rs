@@ -73,6 +73,14 @@ pub enum Command {
     Maintain,
     /// Answer once everything sent before has been committed.
     Flush(oneshot::Sender<()>),
+    /// Carry an ephemeral topic's encoded `message` frame to the other nodes (Redis only;
+    /// nothing is stored, and a local store ignores it).
+    Broadcast {
+        /// Topic.
+        topic: Arc<str>,
+        /// The encoded frame, as local subscribers got it.
+        frame: String,
+    },
 }
 
 /// Commands carry payloads and reply channels; their kind is what a log line needs.
@@ -84,6 +92,7 @@ impl std::fmt::Debug for Command {
             Command::Snapshot { .. } => "Snapshot",
             Command::Maintain => "Maintain",
             Command::Flush(_) => "Flush",
+            Command::Broadcast { .. } => "Broadcast",
         })
     }
 }

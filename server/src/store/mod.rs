@@ -209,6 +209,9 @@ pub trait Listeners: Send + Sync + 'static {
     /// returns whether it ran. A subscriber registers before it reads a topic's head, so it
     /// never holds the head of a history freed under it.
     fn free_if_unsubscribed(&self, topic: &str, free: &mut dyn FnMut()) -> bool;
+    /// An ephemeral `message` frame another node published to `topic` (Redis only): deliver
+    /// it to local subscribers.
+    fn ephemeral(&self, topic: &str, frame: &str);
     /// `topic`'s history was replaced by a new epoch (a Redis that lost its data): every
     /// subscriber's cursor restarts at `from` in the new epoch.
     fn rebased(&self, topic: &Arc<str>, from: u64);
@@ -410,6 +413,12 @@ impl Store {
             kind: config.kind,
             max_read_bytes: config.max_read_bytes,
         })
+    }
+
+    /// Whether other nodes share this store (Redis): ephemeral messages are then sent to
+    /// them with [`Command::Broadcast`].
+    pub fn is_shared(&self) -> bool {
+        matches!(self.log, Log::Redis { .. })
     }
 
     /// Which backend this is.

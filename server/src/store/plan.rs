@@ -274,6 +274,8 @@ pub(super) fn plan(
             }),
             Command::Maintain => plan.maintain = true,
             Command::Flush(done) => plan.flushes.push(done),
+            // Nothing to store; other nodes exist only with Redis.
+            Command::Broadcast { .. } => {}
         }
     }
     debug_assert!(

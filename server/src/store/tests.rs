@@ -47,6 +47,8 @@ impl Listeners for Recorder {
     }
 
     fn rebased(&self, _topic: &Arc<str>, _from: u64) {}
+
+    fn ephemeral(&self, _topic: &str, _frame: &str) {}
 }
 
 impl Recorder {

@@ -288,6 +288,16 @@ impl FeedTask {
             return Ok(()); // unsubscribed meanwhile
         };
         let topic = Arc::clone(topic);
+        if let Some(rest) = payload.strip_prefix(b"~") {
+            // An ephemeral frame: `~<node>\n<frame>`; this node delivered its own already.
+            let text = std::str::from_utf8(rest).unwrap_or_default();
+            if let Some((node, frame)) = text.split_once('\n')
+                && node != &*self.node
+            {
+                self.listeners.ephemeral(&topic, frame);
+            }
+            return Ok(());
+        }
         let notice: Notice = match serde_json::from_slice(payload) {
             Ok(notice) => notice,
             Err(e) => {

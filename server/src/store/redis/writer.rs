@@ -62,6 +62,8 @@ enum Call {
         state: Json,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// An ephemeral frame for the other nodes: `~<node>\n<frame>` on the topic's channel.
+    Broadcast { topic: Arc<str>, frame: String },
 }
 
 /// The writer task's state.
@@ -200,6 +202,10 @@ impl Writer {
                 }
                 // Retention runs inside the write script and by key expiry.
                 Command::Maintain => {}
+                Command::Broadcast { topic, frame } => {
+                    let shard = self.log.shard_of(&topic);
+                    calls[shard].push(Call::Broadcast { topic, frame });
+                }
                 Command::Flush(done) => flushes.push(done),
             }
         }
@@ -248,6 +254,11 @@ impl Writer {
                     invocation.arg(*version).arg(state.get());
                     pipe.invoke_script(&invocation);
                 }
+                Call::Broadcast { topic, frame } => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.log.keys(topic).channel)
+                        .arg(format!("~{}\n{frame}", self.node));
+                }
             }
         }
         let result: Result<Vec<Value>, StoreError> = match self.log.shards[shard].conn() {
@@ -282,6 +293,7 @@ impl Writer {
                     items,
                     answer,
                 } => deliver(&topic, expected, &items, answer, reply),
+                Call::Broadcast { .. } => {}
                 Call::Snapshot { done, .. } => {
                     let outcome = match reply {
                         Value::ServerError(e) => Err(StoreError::Backend(format!("redis: {e:?}"))),
@@ -357,6 +369,7 @@ fn fail(calls: Vec<Call>, error: &StoreError) {
             Call::Snapshot { done, .. } => {
                 let _ = done.send(Err(error.clone()));
             }
+            Call::Broadcast { .. } => {}
         }
     }
 }
