@@ -42,6 +42,8 @@ pub struct Redis {
     child: Option<Child>,
     /// How many times it was started (names the log file of each run).
     runs: u32,
+    /// Serve TLS only, with the certificate and key in `dir` (see [`Redis::start_tls`]).
+    tls: bool,
 }
 
 impl Redis {
@@ -63,9 +65,80 @@ impl Redis {
             persistent,
             child: None,
             runs: 0,
+            tls: false,
         };
         redis.spawn();
         redis
+    }
+
+    /// Redis serving only TLS, with a certificate for 127.0.0.1 signed by a throwaway CA (made
+    /// with the `openssl` command); returns it and the CA file a client must trust.
+    pub fn start_tls() -> (Redis, std::path::PathBuf) {
+        let dir = TempDir::new("redis-tls");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir.0)
+                .output()
+                .expect("the TLS test needs the openssl command");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        std::fs::write(dir.0.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Tidings test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        let ca = dir.0.join("ca.pem");
+        let mut redis = Redis {
+            port: free_port(),
+            dir,
+            persistent: false,
+            child: None,
+            runs: 0,
+            tls: true,
+        };
+        redis.spawn();
+        (redis, ca)
     }
 
     fn binary() -> String {
@@ -84,8 +157,20 @@ impl Redis {
         let log = self.dir.0.join(format!("redis-{}.log", self.runs));
         let log = std::fs::File::create(&log).expect("redis log file");
         let mut cmd = Command::new(Redis::binary());
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args([
+                    "--tls-cert-file",
+                    "server.pem",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+                .current_dir(&self.dir.0);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir.0)
@@ -114,9 +199,15 @@ impl Redis {
             {
                 panic!("redis-server exited with {status}:\n{}", self.log());
             }
-            match self.ping() {
-                Ok(reply) if reply.starts_with("+PONG") => return,
-                _ => {}
+            if self.tls {
+                // No plain-text PING on a TLS port: Redis logs when it serves.
+                if self.log().contains("Ready to accept connections") {
+                    return;
+                }
+            } else if let Ok(reply) = self.ping()
+                && reply.starts_with("+PONG")
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -146,7 +237,8 @@ impl Redis {
 
     /// `redis://127.0.0.1:PORT`, as a node takes it.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL (no shutdown save), then reap.
@@ -279,7 +371,22 @@ impl Node {
 
     /// [`Node::start`], giving the URLs through flags, the environment or a TOML file.
     pub async fn start_via(redis_urls: &[String], prefix: &str, via: UrlsVia) -> Node {
+        Node::launch(redis_urls, prefix, via, &[]).await
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub async fn start_with_env(redis_urls: &[String], prefix: &str, env: &[(&str, &str)]) -> Node {
+        Node::launch(redis_urls, prefix, UrlsVia::Flags, env).await
+    }
+
+    async fn launch(
+        redis_urls: &[String],
+        prefix: &str,
+        via: UrlsVia,
+        env: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .args(["--bind", "127.0.0.1:0"])
             .args(["--jwt-secret", SECRET])

@@ -865,3 +865,21 @@ async fn redis_credentials_come_from_the_url() {
     follower.follow_until(ack.offset, WAIT, None).await;
     assert_eq!(follower.offsets(), [1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    let (redis, ca) = Redis::start_tls();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    // The node trusts the test CA through the system trust store's standard override.
+    let ca = ca.to_str().expect("utf-8 path");
+    let env = [("SSL_CERT_FILE", ca)];
+    let prefix = prefix("tls");
+    let a = Node::start_with_env(std::slice::from_ref(&url), &prefix, &env).await;
+    let b = Node::start_with_env(std::slice::from_ref(&url), &prefix, &env).await;
+    let mut follower = Follower::subscribe(&b.url("watcher"), "cluster.tls").await;
+    let mut publisher = a.connect("alice").await;
+    let ack = publish(&mut publisher, "cluster.tls", &payload("tls", 1), "r1").await;
+    follower.follow_until(ack.offset, WAIT, None).await;
+    assert_eq!(follower.offsets(), [1]);
+}
