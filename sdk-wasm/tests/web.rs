@@ -830,3 +830,152 @@ async fn an_expired_fixed_token_closes_with_unauthorized_and_stops() {
     .expect_err("closed");
     assert_eq!(get(&err, "code").as_string().as_deref(), Some("CLOSED"));
 }
+
+// ---- Scaling out: several nodes on one Redis behave as one server ----
+
+/// A fresh Redis and two `tidings` nodes on it (the harness's `/cluster`): their ws URLs.
+async fn start_cluster() -> (String, String) {
+    let urls = control("/cluster").await;
+    let mut it = urls.split_whitespace().map(str::to_owned);
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("/cluster answered {urls:?}"),
+    }
+}
+
+/// SIGKILL the server the harness started at `url`; returns once it has exited.
+async fn kill_server(url: &str) {
+    let url = String::from(js_sys::encode_uri_component(url));
+    control(&format!("/kill?url={url}")).await;
+}
+
+async fn acked_offsets(what: &str, acks: Vec<Promise>) -> Vec<f64> {
+    let mut offsets = Vec::new();
+    for p in acks {
+        offsets.push(get(&ok(what, p).await, "offset").as_f64().unwrap_or(-1.0));
+    }
+    offsets
+}
+
+#[wasm_bindgen_test]
+async fn a_node_killed_with_sigkill_sends_its_urls_client_to_another_node_that_recovers_all() {
+    const N: u32 = 20;
+    const M: u32 = 20;
+    let (node_a, node_b) = start_cluster().await;
+    let topic = unique("cluster");
+    // A knows both nodes and starts on the first; P publishes on the second only.
+    let urls = js_sys::Array::of2(&JsValue::from_str(&node_a), &JsValue::from_str(&node_b));
+    let a = TidingsClient::new(
+        obj(&[
+            ("urls", urls.into()),
+            ("token", JsValue::from_str(&token("alice", 3600).await)),
+            ("reconnect", fast_reconnect()),
+        ])
+        .unchecked_into(),
+    )
+    .expect("client a");
+    let a_states = states(&a);
+    let (on_error, a_errors) = recorder();
+    a.on_error(on_error.unchecked_into());
+    let (handler, got) = recorder();
+    let (on_recovery, recoveries) = recorder();
+    let sub = a
+        .subscribe(topic.clone(), handler.unchecked_into(), None)
+        .expect("subscribe");
+    sub.on_recovery(on_recovery.unchecked_into());
+    let (on_sub_error, sub_errors) = recorder();
+    sub.on_error(on_sub_error.unchecked_into());
+    let p = client_at(&node_b, &token("bob", 3600).await);
+    connected(&a, "a connected (node A)").await;
+    connected(&p, "publisher connected (node B)").await;
+    round_trip(&a, &topic).await; // a's subscribe has been processed on node A
+
+    // N messages published on node B reach A's subscriber on node A, through Redis.
+    let first: Vec<Promise> = (1..=N).map(|n| publish(&p, &topic, n)).collect();
+    assert_eq!(
+        acked_offsets("publish on node B", first).await,
+        seq(1..=N),
+        "the cluster numbers the topic once"
+    );
+    wait_until("a receives the first N across nodes", 10_000, || {
+        got.borrow().len() >= N as usize
+    })
+    .await;
+    assert_eq!(offsets(&got), seq(1..=N));
+
+    // Node A dies without a goodbye. In this same task (before A's reconnect can even begin),
+    // M more go out on node B.
+    kill_server(&node_a).await;
+    let second: Vec<Promise> = (N + 1..=N + M).map(|n| publish(&p, &topic, n)).collect();
+    wait_until("a notices node A is gone", 10_000, || {
+        names(&a_states).iter().any(|s| s == "reconnecting")
+    })
+    .await;
+    assert_eq!(
+        acked_offsets("publish on node B while a reconnects", second).await,
+        seq(N + 1..=N + M)
+    );
+    console_log!(
+        "cluster test: all {M} acks in while a was {:?}",
+        state_name(&a)
+    );
+    let report = || {
+        format!(
+            "states {:?}, offsets {:?}, recoveries {:?}, errors {:?}, subscription errors {:?}",
+            names(&a_states),
+            offsets(&got),
+            recoveries
+                .borrow()
+                .iter()
+                .map(|r| get(r, "recovered"))
+                .collect::<Vec<_>>(),
+            a_errors.borrow(),
+            sub_errors.borrow()
+        )
+    };
+    // Node A refuses connections now: A can only be connected again on node B.
+    wait_until("a reconnected (to node B)", 20_000, || is_connected(&a)).await;
+    wait_until("a has all N+M", 20_000, || {
+        got.borrow().len() >= (N + M) as usize
+    })
+    .await;
+    // A round trip on A's (new) connection: anything else on its way has arrived.
+    round_trip(&a, &topic).await;
+    assert_eq!(
+        offsets(&got),
+        seq(1..=N + M),
+        "offsets once each, in order: {}",
+        report()
+    );
+    assert_eq!(
+        texts(&got),
+        seq(1..=N + M),
+        "payloads once each, in order: {}",
+        report()
+    );
+    assert!(
+        names(&a_states).ends_with(&["reconnecting".into(), "connected".into()]),
+        "{}",
+        report()
+    );
+    assert!(
+        !recoveries.borrow().is_empty(),
+        "onRecovery after the reconnect: {}",
+        report()
+    );
+    assert!(
+        recoveries
+            .borrow()
+            .iter()
+            .all(|r| get(r, "recovered").as_bool() == Some(true)),
+        "recovered: true: {}",
+        report()
+    );
+    assert!(
+        a_errors.borrow().is_empty() && sub_errors.borrow().is_empty(),
+        "{}",
+        report()
+    );
+    a.close();
+    p.close();
+}
