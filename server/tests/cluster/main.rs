@@ -751,6 +751,26 @@ async fn health_is_degraded_while_redis_is_down() {
     eprintln!("healthy {:?} after the restart: {body}", up.elapsed());
     assert!(healthy(&body), "{body}");
     assert_eq!(body["store"], "redis");
+
+    // The metrics tell the same story: round trips were timed, the feed reconnected.
+    let metrics = reqwest::get(format!("http://{}/metrics", node.addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("tidings_redis_pubsub_reconnects_total ") >= 1.0);
+    assert!(value("tidings_redis_seconds_count ") >= 1.0);
+    assert!(
+        metrics.contains("tidings_redis_batch_commands_bucket"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
