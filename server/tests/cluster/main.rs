@@ -903,3 +903,19 @@ async fn rediss_urls_connect_over_tls() {
     follower.follow_until(ack.offset, WAIT, None).await;
     assert_eq!(follower.offsets(), [1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_scripts_is_not_a_client_error() {
+    let redis = Redis::start();
+    let node = Node::start(&[redis.url()], &prefix("noscript")).await;
+    let mut publisher = node.connect("alice").await;
+    let first = publish(&mut publisher, "cluster.noscript", &payload("s", 1), "r1").await;
+    // A failover or an operator empties the script cache; the node does not notice until
+    // its next call says NOSCRIPT.
+    let flushed = redis.command(&["SCRIPT", "FLUSH"]);
+    assert!(format!("{flushed:?}").contains("OK"), "{flushed:?}");
+    let second = publish(&mut publisher, "cluster.noscript", &payload("s", 2), "r2").await;
+    assert_eq!(second.offset, first.offset + 1, "acked, stored once");
+    let history = history_all(&mut publisher, "cluster.noscript", 10).await;
+    assert_eq!(history.offsets(), [1, 2]);
+}

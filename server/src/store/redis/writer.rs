@@ -1,8 +1,9 @@
 //! The Redis writer: a task that drains the store's command channel and sends everything
 //! waiting as **one pipeline per shard** — the network form of the SQLite writer's group
-//! commit. Consecutive publishes to one topic become one script call; each shard's pipeline
-//! starts with `SCRIPT LOAD` (idempotent and cheap), so a restarted Redis that lost its
-//! script cache is never a failure.
+//! commit. Consecutive publishes to one topic become one script call (`EVALSHA`). The scripts
+//! are loaded (`SCRIPT LOAD`, in the same pipeline) on the first round and after any failure;
+//! a `NOSCRIPT` (a Redis that lost its cache unseen, a failover) loads them and runs the round
+//! again, so it is never a client's error.
 //!
 //! A command is answered only from Redis's reply: on a failure (Redis down, a timeout) every
 //! command of that shard's pipeline gets [`StoreError::Backend`] (`UNAVAILABLE` on the wire),
@@ -14,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::{Pipeline, Script, Value};
@@ -77,10 +78,14 @@ pub(super) struct Writer {
     snapshot: Script,
     /// Numbers the epochs this node proposes for new topics (with the node id: unique).
     epochs: AtomicU64,
+    /// Per shard: the scripts are in its cache (so a pipeline need not load them). Cleared by
+    /// any failure, since the next success may be a restarted Redis.
+    loaded: Vec<AtomicBool>,
 }
 
 impl Writer {
     pub(super) fn new(log: Arc<RedisLog>, node: Arc<str>, config: &StoreConfig) -> Writer {
+        let shards = log.shards.len();
         Writer {
             log,
             node,
@@ -90,6 +95,7 @@ impl Writer {
             write: Script::new(script::WRITE),
             snapshot: Script::new(script::SNAPSHOT),
             epochs: AtomicU64::new(0),
+            loaded: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -227,48 +233,32 @@ impl Writer {
         let timestamp = rfc3339(now);
         let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(window_ms);
-        let mut pipe = ::redis::pipe();
-        pipe.load_script(&self.write).ignore();
-        pipe.load_script(&self.snapshot).ignore();
-        for call in &calls {
-            match call {
-                Call::Write {
-                    topic,
-                    expected,
-                    items,
-                    ..
-                } => self.add_write(
-                    &mut pipe,
-                    topic,
-                    *expected,
-                    items,
-                    (now_ms, &timestamp, cutoff, window_ms),
-                ),
-                Call::Snapshot {
-                    stream,
-                    version,
-                    state,
-                    ..
-                } => {
-                    let mut invocation = self.snapshot.key(self.log.keys(stream).snapshot);
-                    invocation.arg(*version).arg(state.get());
-                    pipe.invoke_script(&invocation);
-                }
-                Call::Broadcast { topic, frame } => {
-                    pipe.cmd("PUBLISH")
-                        .arg(self.log.keys(topic).channel)
-                        .arg(format!("~{}\n{frame}", self.node));
-                }
-            }
+        let times = (now_ms, timestamp.as_str(), cutoff, window_ms);
+        let loaded = &self.loaded[shard];
+        let load = !loaded.load(Ordering::Acquire);
+        let mut result = self
+            .query(shard, &self.pipeline(&calls, times, load, true))
+            .await;
+        if let Err(e) = &result
+            && e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript)
+        {
+            // Redis lost its script cache (a restart we did not see, a failover): load the
+            // scripts and run the calls again. Nothing ran: every script call failed alike. The
+            // broadcasts did go out, so they are not repeated (a PING keeps the replies aligned).
+            tracing::info!("redis shard {shard} lost its scripts; loading them again");
+            result = self
+                .query(shard, &self.pipeline(&calls, times, true, false))
+                .await;
         }
-        let result: Result<Vec<Value>, StoreError> = match self.log.shards[shard].conn() {
-            Ok(mut conn) => {
-                let started = Instant::now();
-                let reply = pipe.query_async(&mut conn).await.map_err(backend);
-                self.log.timed(started);
-                reply
+        let result = match result {
+            Ok(replies) => {
+                loaded.store(true, Ordering::Release);
+                Ok(replies)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                loaded.store(false, Ordering::Release);
+                Err(backend(e))
+            }
         };
         let replies = match result {
             Ok(replies) if replies.len() == calls.len() => replies,
@@ -303,6 +293,69 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The pipeline for `calls`: the scripts loaded first when `load`, each broadcast a
+    /// `PUBLISH` when `broadcast` (else a `PING`, so replies still line up with calls).
+    fn pipeline(
+        &self,
+        calls: &[Call],
+        times: (u64, &str, u64, u64),
+        load: bool,
+        broadcast: bool,
+    ) -> Pipeline {
+        let mut pipe = ::redis::pipe();
+        if load {
+            pipe.load_script(&self.write).ignore();
+            pipe.load_script(&self.snapshot).ignore();
+        }
+        for call in calls {
+            match call {
+                Call::Write {
+                    topic,
+                    expected,
+                    items,
+                    ..
+                } => self.add_write(&mut pipe, topic, *expected, items, times),
+                Call::Snapshot {
+                    stream,
+                    version,
+                    state,
+                    ..
+                } => {
+                    let mut invocation = self.snapshot.key(self.log.keys(stream).snapshot);
+                    invocation.arg(*version).arg(state.get());
+                    pipe.invoke_script(&invocation);
+                }
+                Call::Broadcast { topic, frame } if broadcast => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.log.keys(topic).channel)
+                        .arg(format!("~{}\n{frame}", self.node));
+                }
+                Call::Broadcast { .. } => {
+                    pipe.cmd("PING");
+                }
+            }
+        }
+        pipe
+    }
+
+    /// Send `pipe` to shard `shard`, timing the round trip.
+    async fn query(
+        &self,
+        shard: usize,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Value>, ::redis::RedisError> {
+        let Ok(mut conn) = self.log.shards[shard].conn() else {
+            return Err(::redis::RedisError::from((
+                ::redis::ErrorKind::Io,
+                "not connected",
+            )));
+        };
+        let started = Instant::now();
+        let reply = pipe.query_async(&mut conn).await;
+        self.log.timed(started);
+        reply
     }
 
     fn add_write(
