@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Ws;
-use crate::common::{ErrorTally, Run, emit, fmt_opt, opt_r3, r3};
+use crate::common::{ErrorTally, Run, emit, extend, fmt_opt, health_stores, opt_r3, r3};
 use crate::stats::{self, LatencySummary};
 
 /// Options of `append`.
@@ -327,6 +327,7 @@ pub async fn run(run: Arc<Run>, a: AppendArgs) -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let reading = probe.read();
+    let stores = health_stores(&run.targets).await;
 
     let mut latency = stats::new_histogram();
     let (mut appends, mut conflicts, mut failed, mut unknown) = (0, 0, 0, 0);
@@ -349,7 +350,7 @@ pub async fn run(run: Arc<Run>, a: AppendArgs) -> Result<()> {
     let aps = stats::per_sec(appends, elapsed);
     let cpu_per_event = stats::cpu_us_per(reading.server_cpu_ms, events);
     let cpu_per_append = stats::cpu_us_per(reading.server_cpu_ms, appends);
-    let summary = vec![
+    let mut summary = vec![
         format!(
             "append {}: {} connections ({} connected), {} events per append, window {}, {}, setup {setup_secs:.2} s",
             run.args.label,
@@ -381,10 +382,12 @@ pub async fn run(run: Arc<Run>, a: AppendArgs) -> Result<()> {
             failures.total()
         ),
     ];
-    let report = json!({
+    summary.extend(reading.cluster_line(events, "event"));
+    let mut report = json!({
         "bench": "append",
         "label": run.args.label,
         "url": run.args.url,
+        "stores": stores,
         "connections": a.connections,
         "connected": results.len(),
         "events_per_append": a.events.max(1),
@@ -412,6 +415,7 @@ pub async fn run(run: Arc<Run>, a: AppendArgs) -> Result<()> {
         "failed": failures.total(),
         "failure_kinds": failures.top(3),
     });
+    extend(&mut report, reading.cluster_json(events, "event"));
     emit(&summary, &report);
     Ok(())
 }

@@ -298,6 +298,8 @@ pub struct PublishFrames {
     publisher: u32,
     /// Target length of the serialized `data` value.
     payload_bytes: usize,
+    /// Every frame carries `"ref":"{seq}"`, so the server acknowledges it with `published`.
+    refs: bool,
 }
 
 impl PublishFrames {
@@ -309,7 +311,14 @@ impl PublishFrames {
             id_tag: None,
             publisher,
             payload_bytes,
+            refs: false,
         }
+    }
+
+    /// Give every frame `"ref":"{seq}"`: the server answers each with `published`.
+    pub fn with_refs(mut self) -> Self {
+        self.refs = true;
+        self
     }
 
     /// Give every frame a unique `id` starting with `tag`.
@@ -325,6 +334,9 @@ impl PublishFrames {
         out.push_str(&self.prefix);
         if let Some(tag) = &self.id_tag {
             let _ = write!(out, r#""id":"{tag}-{}-{seq}","#, self.publisher);
+        }
+        if self.refs {
+            let _ = write!(out, r#""ref":"{seq}","#);
         }
         out.push_str(r#""data":"#);
         let data_start = out.len();
@@ -342,8 +354,8 @@ impl PublishFrames {
     }
 }
 
-/// Asks `GET /health` and returns its `clients` field, if the server answers in time.
-pub async fn health_clients(addr: SocketAddr) -> Option<u64> {
+/// Asks `GET /health` and returns its JSON body, if the server answers in time.
+pub async fn health(addr: SocketAddr) -> Option<serde_json::Value> {
     let body = tokio::time::timeout(Duration::from_secs(3), async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         s.write_all(b"GET /health HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -356,10 +368,12 @@ pub async fn health_clients(addr: SocketAddr) -> Option<u64> {
     .await
     .ok()??;
     let json = &body[body.find("\r\n\r\n")? + 4..];
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()?
-        .get("clients")?
-        .as_u64()
+    serde_json::from_str(json).ok()
+}
+
+/// Asks `GET /health` and returns its `clients` field, if the server answers in time.
+pub async fn health_clients(addr: SocketAddr) -> Option<u64> {
+    health(addr).await?.get("clients")?.as_u64()
 }
 
 #[cfg(test)]
@@ -393,6 +407,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&a).expect("json");
         assert_eq!(v["data"].to_string().len(), 100);
         assert_ne!(f.frame(2, 0), a);
+    }
+
+    #[test]
+    fn publish_frames_with_refs_ask_for_an_ack() {
+        let f = PublishFrames::new("t", 0, 80).with_refs().with_ids("r");
+        let a = f.frame(42, 7);
+        let Ok(tidings_protocol::ClientMessage::Publish(p)) =
+            tidings_protocol::ClientMessage::decode(&a)
+        else {
+            panic!("{a}")
+        };
+        assert_eq!(p.r#ref.as_deref(), Some("42"));
+        assert_eq!(p.id.as_deref(), Some("r-0-42"));
+        let v: serde_json::Value = serde_json::from_str(&a).expect("json");
+        assert_eq!(v["data"].to_string().len(), 80);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::procfs::{self, CpuMeter};
 /// Options shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// WebSocket endpoint of the server under test; must be a loopback address.
+    /// WebSocket endpoint of the server under test; must be a loopback address. Several
+    /// comma-separated endpoints (nodes of one cluster) take the connections round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
     pub url: String,
 
@@ -25,8 +26,15 @@ pub struct CommonArgs {
     pub secret: String,
 
     /// Pid of the server process: report its CPU time (and RSS) over the measured phase.
+    /// Several comma-separated pids (the nodes of a cluster) are added up, and each is also
+    /// reported on its own.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Pid of a backing store process (e.g. `redis-server`): its CPU time over the measured
+    /// phase is reported apart from the server's.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub redis_pid: Option<u32>,
 
     /// Free-form name for this run, copied into the JSON line (e.g. "tidings-memory").
     #[arg(long, default_value = "")]
@@ -54,8 +62,10 @@ pub struct CommonArgs {
 /// The run's shared state: target, clock, and the server probe.
 #[derive(Debug)]
 pub struct Run {
-    /// Where the server is.
+    /// Where the server is (the first of `targets`).
     pub target: Target,
+    /// Every endpoint given by `--url`, in order; connections go round-robin over them.
+    pub targets: Vec<Target>,
     /// The options as given.
     pub args: CommonArgs,
     /// Time zero for send timestamps carried in payloads.
@@ -69,13 +79,15 @@ pub struct Run {
 impl Run {
     /// Validates the target and starts the clock.
     pub fn new(args: CommonArgs) -> Result<Arc<Self>> {
-        let target = Target::parse(&args.url, &args.secret)?;
+        let targets = parse_targets(&args.url, &args.secret)?;
+        let target = targets[0].clone();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         Ok(Arc::new(Run {
             target,
+            targets,
             args,
             start: Instant::now(),
             run_id: format!("{}-{:x}", std::process::id(), nanos),
@@ -110,8 +122,9 @@ impl Run {
         }
     }
 
-    /// Opens `n` connections as users `bench-RUN-ROLE-i`, at most `connect_concurrency`
-    /// at a time, running `setup` on each once it is connected. Results keep their order.
+    /// Opens `n` connections as users `bench-RUN-ROLE-i`, round-robin over the `--url`
+    /// targets, at most `connect_concurrency` at a time, running `setup` on each once it is
+    /// connected. Results keep their order.
     pub async fn connect_many<F, Fut, T>(
         &self,
         role: &str,
@@ -124,13 +137,37 @@ impl Run {
         F: Fn(Ws) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        self.connect_many_on(&self.targets, role, n, default_sources, config, setup)
+            .await
+    }
+
+    /// [`Run::connect_many`], round-robin over `targets` instead of the `--url` ones.
+    pub async fn connect_many_on<F, Fut, T>(
+        &self,
+        targets: &[Target],
+        role: &str,
+        n: usize,
+        default_sources: usize,
+        config: Option<client::WsConfig>,
+        setup: F,
+    ) -> Vec<Result<T>>
+    where
+        F: Fn(Ws) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let targets = if targets.is_empty() {
+            std::slice::from_ref(&self.target)
+        } else {
+            targets
+        };
         let opts = self.connect_options(default_sources, config);
         let setup = &setup;
         futures_util::stream::iter(0..n)
             .map(|i| {
                 let user = format!("bench-{}-{role}-{i}", self.run_id);
                 let o = opts(i);
-                async move { setup(client::connect(&self.target, &user, o).await?).await }
+                let target = &targets[i % targets.len()];
+                async move { setup(client::connect(target, &user, o).await?).await }
             })
             .buffered(self.args.connect_concurrency.max(1))
             .collect()
@@ -139,35 +176,73 @@ impl Run {
 
     /// Starts watching the server's (and our own) CPU time.
     pub fn probe(&self) -> Probe {
-        let server = self.args.server_pid.map(|pid| pid.to_string());
+        let meter = |pid: u32| CpuMeter::start(&pid.to_string(), self.ticks_per_sec);
         Probe {
-            server_cpu: server
-                .as_deref()
-                .map(|pid| CpuMeter::start(pid, self.ticks_per_sec)),
+            servers: self
+                .args
+                .server_pid
+                .iter()
+                .map(|&pid| (pid, meter(pid)))
+                .collect(),
+            redis: self.args.redis_pid.map(|pid| (pid, meter(pid))),
             self_cpu: CpuMeter::start("self", self.ticks_per_sec),
-            server,
         }
     }
+
+    /// Resident memory of every `--server-pid` added up, KiB (`None`: no pid, or one of
+    /// them unreadable).
+    pub fn server_rss_kib(&self) -> Option<u64> {
+        sum_rss(&self.args.server_pid)
+    }
+}
+
+/// Parses a comma-separated list of `ws://` URLs (at least one).
+pub fn parse_targets(urls: &str, secret: &str) -> Result<Vec<Target>> {
+    let targets = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| Target::parse(u, secret))
+        .collect::<Result<Vec<_>>>()?;
+    if targets.is_empty() {
+        anyhow::bail!("no URL given");
+    }
+    Ok(targets)
+}
+
+/// Resident memory of `pids` added up, KiB; `None` if there are none or one is unreadable.
+fn sum_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| procfs::read_rss_kib(&pid.to_string()))
+        .sum()
 }
 
 /// CPU meters over a measured phase.
 #[derive(Debug)]
 pub struct Probe {
-    /// The server's pid as text, if given.
-    server: Option<String>,
-    /// The server's CPU at the start.
-    server_cpu: Option<CpuMeter>,
+    /// Each server process and its CPU at the start.
+    servers: Vec<(u32, CpuMeter)>,
+    /// The backing store process (`--redis-pid`) and its CPU at the start.
+    redis: Option<(u32, CpuMeter)>,
     /// Our own CPU at the start.
     self_cpu: CpuMeter,
 }
 
 /// What the probe saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProbeReading {
-    /// Server CPU time (user + system) in ms over the phase, if known.
+    /// Server CPU time (user + system) in ms over the phase, all server pids added up, if
+    /// every one is known.
     pub server_cpu_ms: Option<f64>,
-    /// Server resident memory at the end, KiB.
+    /// The same per server pid, in `--server-pid` order.
+    pub server_cpu_ms_by_pid: Vec<(u32, Option<f64>)>,
+    /// Server resident memory at the end (all server pids), KiB.
     pub server_rss_kib: Option<u64>,
+    /// CPU time of the `--redis-pid` process in ms over the phase.
+    pub redis_cpu_ms: Option<f64>,
     /// The bench's own CPU time in ms over the phase.
     pub bench_cpu_ms: Option<f64>,
 }
@@ -175,14 +250,93 @@ pub struct ProbeReading {
 impl Probe {
     /// Reads the meters now.
     pub fn read(&self) -> ProbeReading {
+        let by_pid: Vec<(u32, Option<f64>)> = self
+            .servers
+            .iter()
+            .map(|(pid, m)| (*pid, m.elapsed_ms(&pid.to_string())))
+            .collect();
+        let pids: Vec<u32> = self.servers.iter().map(|(pid, _)| *pid).collect();
         ProbeReading {
-            server_cpu_ms: match (&self.server, &self.server_cpu) {
-                (Some(pid), Some(m)) => m.elapsed_ms(pid),
-                _ => None,
+            server_cpu_ms: if by_pid.is_empty() {
+                None
+            } else {
+                by_pid.iter().map(|(_, ms)| *ms).sum()
             },
-            server_rss_kib: self.server.as_deref().and_then(procfs::read_rss_kib),
+            server_cpu_ms_by_pid: by_pid,
+            server_rss_kib: sum_rss(&pids),
+            redis_cpu_ms: self
+                .redis
+                .as_ref()
+                .and_then(|(pid, m)| m.elapsed_ms(&pid.to_string())),
             bench_cpu_ms: self.self_cpu.elapsed_ms("self"),
         }
+    }
+}
+
+impl ProbeReading {
+    /// The per-node and backing-store fields every scenario adds to its JSON line: CPU per
+    /// server pid, and the store process's CPU in total and per `unit` (e.g. "msg").
+    pub fn cluster_json(&self, units: u64, unit: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "server_cpu_ms_by_pid".into(),
+            Value::Object(
+                self.server_cpu_ms_by_pid
+                    .iter()
+                    .map(|(pid, ms)| (pid.to_string(), opt_r3(*ms)))
+                    .collect(),
+            ),
+        );
+        m.insert("redis_cpu_ms".into(), opt_r3(self.redis_cpu_ms));
+        m.insert(
+            format!("redis_cpu_us_per_{unit}"),
+            opt_r3(crate::stats::cpu_us_per(self.redis_cpu_ms, units)),
+        );
+        m
+    }
+
+    /// One summary line on how the server CPU splits over the nodes and the store process,
+    /// when there is more than one process to tell apart.
+    pub fn cluster_line(&self, units: u64, unit: &str) -> Option<String> {
+        if self.server_cpu_ms_by_pid.len() < 2 && self.redis_cpu_ms.is_none() {
+            return None;
+        }
+        let nodes: Vec<String> = self
+            .server_cpu_ms_by_pid
+            .iter()
+            .map(|(pid, ms)| format!("pid {pid} {}", fmt_opt(*ms, "ms")))
+            .collect();
+        Some(format!(
+            "  per node: {}; redis CPU {} = {} per {unit}",
+            if nodes.is_empty() {
+                "n/a".into()
+            } else {
+                nodes.join(", ")
+            },
+            fmt_opt(self.redis_cpu_ms, "ms"),
+            fmt_opt(crate::stats::cpu_us_per(self.redis_cpu_ms, units), "µs"),
+        ))
+    }
+}
+
+/// Asks every target's `GET /health` for its `store` field ("memory", "sqlite", "redis",
+/// ...), so a report says what it measured; `null` where a server does not answer.
+pub async fn health_stores(targets: &[Target]) -> Value {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let store = client::health(t.addr)
+            .await
+            .and_then(|h| h.get("store").cloned())
+            .unwrap_or(Value::Null);
+        out.push(store);
+    }
+    Value::Array(out)
+}
+
+/// Adds `extra`'s fields to the JSON object `report`.
+pub fn extend(report: &mut Value, extra: serde_json::Map<String, Value>) {
+    if let Value::Object(m) = report {
+        m.extend(extra);
     }
 }
 
@@ -254,4 +408,18 @@ pub fn opt_r3(x: Option<f64>) -> Value {
 /// Formats an optional number for the human summary.
 pub fn fmt_opt(x: Option<f64>, unit: &str) -> String {
     x.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3} {unit}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_make_several_targets() {
+        let t = parse_targets("ws://127.0.0.1:1/ws, ws://127.0.0.1:2/ws,", "s").expect("two");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].addr.port(), 2);
+        assert!(parse_targets("", "s").is_err());
+        assert!(parse_targets("ws://127.0.0.1:1/ws,ws://10.0.0.1:2/ws", "s").is_err());
+    }
 }

@@ -62,8 +62,7 @@ pub async fn run(run: Arc<Run>, a: ConnsArgs) -> Result<()> {
         bail!("no file descriptors left for connections (open-file limit {soft:?})");
     }
 
-    let pid = run.args.server_pid.map(|p| p.to_string());
-    let rss_before = pid.as_deref().and_then(procfs::read_rss_kib);
+    let rss_before = run.server_rss_kib();
     let self_rss_before = procfs::read_rss_kib("self");
     let probe = run.probe();
 
@@ -99,9 +98,15 @@ pub async fn run(run: Arc<Run>, a: ConnsArgs) -> Result<()> {
     );
 
     tokio::time::sleep(Duration::from_secs_f64(a.hold.max(0.0))).await;
-    let rss_after = pid.as_deref().and_then(procfs::read_rss_kib);
+    let rss_after = run.server_rss_kib();
     let self_rss_after = procfs::read_rss_kib("self");
-    let health_clients = client::health_clients(run.target.addr).await;
+    let mut health_clients = Some(0);
+    for t in &run.targets {
+        health_clients = match (health_clients, client::health_clients(t.addr).await) {
+            (Some(sum), Some(c)) => Some(sum + c),
+            _ => None,
+        };
+    }
     let reading = probe.read();
     let still_open = held.iter().filter(|t| !t.is_finished()).count();
     let _ = stop_tx.send(true);

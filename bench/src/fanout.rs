@@ -8,6 +8,11 @@
 //! The in-flight window is driven by what subscribers *received*, not by server acks (the
 //! template has none): a publisher may run at most `window` messages ahead of the average
 //! subscriber. That keeps every server's queues bounded without any server-specific feature.
+//!
+//! Subscribers connect to `--url`, publishers to `--publish-url` (default: the same). Give two
+//! nodes of one cluster (e.g. two `tidings --redis-url` on one Redis) to measure cross-node
+//! fan-out: every delivery then travels publisher -> node 1 -> store / Redis -> node 2 ->
+//! subscriber, and `--server-pid P1,P2` adds up both nodes' CPU.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +28,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Envelope, Incoming, PublishFrames, Ws};
-use crate::common::{ErrorTally, Run, emit, fmt_opt, opt_r3, r3};
+use crate::common::{
+    ErrorTally, Run, emit, extend, fmt_opt, health_stores, opt_r3, parse_targets, r3,
+};
 use crate::stats::{self, LatencySummary, SeqTracker};
 
 /// Options of `fanout`.
@@ -78,6 +85,11 @@ pub struct FanoutArgs {
     /// each against the ids it remembers).
     #[arg(long)]
     pub ids: bool,
+
+    /// Connect the publishers here instead of to `--url` (comma-separated: round-robin),
+    /// e.g. another node of the same cluster: cross-node fan-out.
+    #[arg(long)]
+    pub publish_url: Option<String>,
 }
 
 /// Counters shared by publishers and subscribers while messages flow.
@@ -165,6 +177,11 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         .map(|p| a.messages / a.publishers as u64 + u64::from(p < a.messages % a.publishers as u64))
         .collect();
 
+    let pub_targets = match &a.publish_url {
+        Some(urls) => parse_targets(urls, &run.args.secret)?,
+        None => run.targets.clone(),
+    };
+
     // Setup: subscribers, then publishers. Not measured.
     let t_setup = Instant::now();
     let sub_frame = client::subscribe_frame(&topic);
@@ -179,7 +196,14 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         })
         .await;
     let pubs = run
-        .connect_many("pub", a.publishers, 1, None, |ws| async move { Ok(ws) })
+        .connect_many_on(
+            &pub_targets,
+            "pub",
+            a.publishers,
+            1,
+            None,
+            |ws| async move { Ok(ws) },
+        )
         .await;
     let mut connect_errors = ErrorTally::default();
     let subs: Vec<Ws> = subs
@@ -280,6 +304,8 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
     };
     let reading = probe.read();
     let _ = stop_tx.send(true);
+    let sub_stores = health_stores(&run.targets).await;
+    let pub_stores = health_stores(&pub_targets).await;
 
     let mut results = Vec::with_capacity(sub_tasks.len());
     for t in sub_tasks {
@@ -317,7 +343,7 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
     let cpu_per_msg = stats::cpu_us_per(reading.server_cpu_ms, counts.delivered);
     let end_of = |e: PubEnd| ends.iter().filter(|&&x| x == e).count();
 
-    let summary = vec![
+    let mut summary = vec![
         format!(
             "fanout {}: {} subscribers ({} connected), {} publishers, payload {} B, rate {}, window {}",
             run.args.label,
@@ -353,10 +379,21 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
             connect_errors.total()
         ),
     ];
-    let report = json!({
+    summary.extend(reading.cluster_line(counts.delivered, "delivered message"));
+    if a.publish_url.is_some() {
+        summary.push(format!(
+            "  subscribers on {} (store {}), publishers on {} (store {})",
+            run.args.url,
+            sub_stores,
+            a.publish_url.as_deref().unwrap_or_default(),
+            pub_stores
+        ));
+    }
+    let mut report = json!({
         "bench": "fanout",
         "label": run.args.label,
         "url": run.args.url,
+
         "subscribers": a.subscribers,
         "subscribers_connected": n_subs,
         "publishers": a.publishers,
@@ -395,6 +432,14 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         "close_reasons": close_reasons.top(3),
         "parse_errors": parse_errors,
     });
+    let mut extra = reading.cluster_json(counts.delivered, "msg");
+    extra.insert(
+        "publish_url".into(),
+        json!(a.publish_url.as_deref().unwrap_or(run.args.url.as_str())),
+    );
+    extra.insert("stores".into(), sub_stores);
+    extra.insert("publish_stores".into(), pub_stores);
+    extend(&mut report, extra);
     emit(&summary, &report);
     Ok(())
 }

@@ -8,6 +8,13 @@
 //! * [`pingpong`] — K connections doing ping/pong round trips: round trips/s and latency.
 //! * [`append`] — K connections appending event batches with expected versions: events/s,
 //!   appends/s, latency and version conflicts (Tidings only: the template has no streams).
+//! * [`publish`] — K connections publishing with `ref`, W in flight each: acknowledged
+//!   (durable) publishes/s, latency to the ack, errors (Tidings only: the template has no acks).
+//!
+//! `--url` takes several comma-separated endpoints (nodes of one cluster: connections go
+//! round-robin), `--server-pid` several pids (their CPU is added up and reported per pid),
+//! `fanout --publish-url` puts the publishers on another node than the subscribers, and
+//! `--redis-pid` reports a backing store's CPU apart.
 //!
 //! Shared pieces: [`client`] (target, tokens, handshake, frames), [`common`] (options,
 //! connecting many, the report), [`stats`] (pure accounting), [`procfs`] (`/proc` readers).
@@ -22,6 +29,7 @@ mod conns;
 mod fanout;
 mod pingpong;
 mod procfs;
+mod publish;
 mod stats;
 
 use std::process::ExitCode;
@@ -83,6 +91,16 @@ enum Command {
         #[command(flatten)]
         args: append::AppendArgs,
     },
+    /// K connections publishing with `ref`, W in flight each: acknowledged publishes/s,
+    /// latency to the `published` ack, errors.
+    Publish {
+        /// Where and how to connect.
+        #[command(flatten)]
+        common: common::CommonArgs,
+        /// Scenario options.
+        #[command(flatten)]
+        args: publish::PublishArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +124,9 @@ fn main() -> ExitCode {
                 pingpong::run(common::Run::new(common)?, args).await
             }
             Command::Append { common, args } => append::run(common::Run::new(common)?, args).await,
+            Command::Publish { common, args } => {
+                publish::run(common::Run::new(common)?, args).await
+            }
         }
     });
     // Don't wait for tasks still parked on sockets: everything was reported.
