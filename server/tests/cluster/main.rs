@@ -919,3 +919,120 @@ async fn a_redis_that_lost_its_scripts_is_not_a_client_error() {
     let history = history_all(&mut publisher, "cluster.noscript", 10).await;
     assert_eq!(history.offsets(), [1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_and_http_apis_see_one_server_from_every_node() {
+    use tidings_protocol::order::{Item, Money, Order, OrderEvent};
+    use tidings_server::{Repository, RepositoryError};
+
+    const KEY: &str = "cluster-api-key-0123456789abcdef";
+    let redis = Redis::start();
+    let config = tidings_server::Config {
+        redis_url: vec![redis.url()],
+        redis_prefix: prefix("library"),
+        api_key: Some(KEY.into()),
+        ..common::config()
+    };
+    let one = common::start(config.clone()).await;
+    let two = common::start(config).await;
+    for node in [&one, &two] {
+        let deadline = Instant::now() + RECOVERY;
+        while !healthy(&node.health().await) {
+            assert!(Instant::now() < deadline, "{}", node.health().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // `Tidings::publish` on node one reaches a subscriber of node two.
+    let mut watcher = two.connect("watcher").await;
+    watcher.subscribe(&["lib.news"]).await;
+    let published = one
+        .tidings
+        .publish("lib.news", &json!({"n": 1}))
+        .await
+        .expect("publish from Rust");
+    assert_eq!(published.offset, Some(1));
+    match next(&mut watcher, WAIT).await {
+        Next::Msg(ServerMessage::Message(m)) => {
+            assert_eq!((m.offset, m.from.as_str()), (Some(1), "server"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The HTTP API: publish through node two, history through node one.
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = http
+        .post(format!("http://{}/api/publish", two.addr))
+        .bearer_auth(KEY)
+        .json(&json!({"topic": "lib.news", "data": 2, "id": "api-1"}))
+        .send()
+        .await
+        .expect("POST /api/publish")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["offset"], 2, "{body}");
+    let history: serde_json::Value = http
+        .get(format!("http://{}/api/topics/lib.news/history", one.addr))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("GET history")
+        .json()
+        .await
+        .expect("json");
+    let offsets: Vec<u64> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [1, 2], "{history}");
+    assert_eq!(history["epoch"], json!(published.epoch), "one epoch");
+
+    // `Repository`: saved through node one (with a snapshot), loaded through node two; a save
+    // from a stale load through node two is a conflict.
+    let repo_one = Repository::<Order>::new(one.tidings.store().clone(), 2);
+    let repo_two = Repository::<Order>::new(two.tidings.store().clone(), 2);
+    let mut order = repo_one.load("order-lib").await.expect("load");
+    let stale = repo_two.load("order-lib").await.expect("load");
+    let item = |id: &str| Item {
+        id: id.into(),
+        name: id.into(),
+        price: Money::from_cents(250),
+        quantity: 1,
+    };
+    let version = repo_one
+        .save(
+            "order-lib",
+            &mut order,
+            vec![
+                OrderEvent::OrderCreated {
+                    customer_id: "c1".into(),
+                    items: vec![item("a")],
+                    total: Money::from_cents(250),
+                },
+                OrderEvent::ItemAdded(item("b")),
+                OrderEvent::OrderConfirmed {},
+            ],
+        )
+        .await
+        .expect("save");
+    assert_eq!(version, 3);
+    let loaded = repo_two.load("order-lib").await.expect("load");
+    assert_eq!(loaded, order, "the same aggregate from the other node");
+    let mut stale = stale;
+    let refused = repo_two
+        .save("order-lib", &mut stale, vec![OrderEvent::OrderConfirmed {}])
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(RepositoryError::Conflict {
+                expected: 0,
+                current: 3
+            })
+        ),
+        "{refused:?}"
+    );
+}
