@@ -33,6 +33,10 @@ pub enum ClientMessage {
     Append(Append),
     /// Read an event stream's events (and latest snapshot) from a version.
     Read(Read),
+    /// Ask who is on a presence topic (the server answers `presence`).
+    Presence(PresenceQuery),
+    /// Ask how many clients and users are on a presence topic (`presence_stats`).
+    PresenceStats(PresenceQuery),
 }
 
 /// A topic's position in its history: where a subscriber got to.
@@ -128,6 +132,17 @@ pub struct History {
     pub r#ref: Option<String>,
 }
 
+/// `presence` / `presence_stats`: who is on a topic, or how many. Needs the same permission as
+/// subscribing to the topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceQuery {
+    /// A topic the server keeps presence for (`--presence-topic`).
+    pub topic: String,
+    /// Client-chosen id echoed in the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
 /// One event to append: its type and payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {
@@ -207,6 +222,8 @@ impl ClientMessage {
             ClientMessage::History(_) => "history",
             ClientMessage::Append(_) => "append",
             ClientMessage::Read(_) => "read",
+            ClientMessage::Presence(_) => "presence",
+            ClientMessage::PresenceStats(_) => "presence_stats",
         }
     }
 
@@ -221,6 +238,7 @@ impl ClientMessage {
             ClientMessage::History(m) => m.r#ref.as_deref(),
             ClientMessage::Append(m) => m.r#ref.as_deref(),
             ClientMessage::Read(m) => m.r#ref.as_deref(),
+            ClientMessage::Presence(m) | ClientMessage::PresenceStats(m) => m.r#ref.as_deref(),
         }
     }
 
@@ -237,6 +255,8 @@ impl ClientMessage {
             "history" => ClientMessage::History(body(&kind, text)?),
             "append" => ClientMessage::Append(body(&kind, text)?),
             "read" => ClientMessage::Read(body(&kind, text)?),
+            "presence" => ClientMessage::Presence(body(&kind, text)?),
+            "presence_stats" => ClientMessage::PresenceStats(body(&kind, text)?),
             _ => return Err(crate::DecodeError::UnknownType(kind.into_owned())),
         })
     }

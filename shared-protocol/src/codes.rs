@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// window with a different payload: it is refused, never answered with the other
     /// message's offset.
     IdempotencyConflict,
+    /// `presence` or `presence_stats` on a topic the server keeps no presence for (it is not
+    /// matched by any `--presence-topic` pattern).
+    PresenceDisabled,
     /// A code this build does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -45,7 +48,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server may send, for documentation and metrics pre-registration.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::RateLimited,
         ErrorCode::InvalidMessageType,
         ErrorCode::InvalidMessage,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Internal,
         ErrorCode::IdempotencyConflict,
+        ErrorCode::PresenceDisabled,
     ];
 
     /// The code as it appears on the wire, e.g. `"RATE_LIMITED"`.
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            ErrorCode::PresenceDisabled => "PRESENCE_DISABLED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

@@ -38,6 +38,15 @@ pub enum ServerMessage {
     Appended(Appended),
     /// Reply to `read`.
     Events(Events),
+    /// Reply to `presence`: who is on the topic.
+    Presence(PresenceReply),
+    /// Reply to `presence_stats`: how many clients and users are on the topic.
+    PresenceStats(PresenceStats),
+    /// A member arrived on a presence topic this connection subscribes to.
+    Join(MemberEvent),
+    /// A member left a presence topic this connection subscribes to (unsubscribed,
+    /// disconnected, or its node stopped answering for the presence TTL).
+    Leave(MemberEvent),
 }
 
 /// `connected`: template fields `client_id` and `timestamp`, plus session facts.
@@ -237,6 +246,93 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
+/// One member of a presence topic: a connection subscribed to it. The same user on two
+/// connections (two tabs) is two members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's connection.
+    pub client_id: String,
+    /// The member's identity (the token's `sub` or `user_id`).
+    pub user: String,
+    /// The token's optional `info` claim, as it was (any JSON); `null` without one.
+    #[serde(default = "crate::json_null")]
+    pub info: crate::Json,
+}
+
+/// Members are equal when every field is, `info` compared as JSON text.
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_id == other.client_id
+            && self.user == other.user
+            && self.info.get() == other.info.get()
+    }
+}
+
+/// `presence`: the members of a topic, at most the server's `presence_max_members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceReply {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// Members, in no particular order.
+    pub members: Vec<Member>,
+    /// True when the topic has more members than one reply carries: count them with
+    /// `presence_stats`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// `presence_stats`: how many are on a topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceStats {
+    /// Echo of the request's `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// Connections subscribed.
+    pub clients: u64,
+    /// Distinct users among them.
+    pub users: u64,
+}
+
+/// `join` / `leave`: a member arrived on or left a presence topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberEvent {
+    /// The topic.
+    pub topic: String,
+    /// The member's connection.
+    pub client_id: String,
+    /// The member's identity.
+    pub user: String,
+    /// The token's `info` claim (`null` without one).
+    #[serde(default = "crate::json_null")]
+    pub info: crate::Json,
+}
+
+impl MemberEvent {
+    /// The event for `member` on `topic`.
+    pub fn new(topic: &str, member: &Member) -> Self {
+        MemberEvent {
+            topic: topic.to_owned(),
+            client_id: member.client_id.clone(),
+            user: member.user.clone(),
+            info: member.info.clone(),
+        }
+    }
+
+    /// The member it names.
+    pub fn member(&self) -> Member {
+        Member {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            info: self.info.clone(),
+        }
+    }
+}
+
 /// `appended`: the events are stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Appended {
@@ -338,6 +434,10 @@ impl ServerMessage {
             ServerMessage::History(_) => "history",
             ServerMessage::Appended(_) => "appended",
             ServerMessage::Events(_) => "events",
+            ServerMessage::Presence(_) => "presence",
+            ServerMessage::PresenceStats(_) => "presence_stats",
+            ServerMessage::Join(_) => "join",
+            ServerMessage::Leave(_) => "leave",
         }
     }
 
@@ -377,6 +477,10 @@ impl ServerMessage {
             "history" => ServerMessage::History(body(&kind, text)?),
             "appended" => ServerMessage::Appended(body(&kind, text)?),
             "events" => ServerMessage::Events(body(&kind, text)?),
+            "presence" => ServerMessage::Presence(body(&kind, text)?),
+            "presence_stats" => ServerMessage::PresenceStats(body(&kind, text)?),
+            "join" => ServerMessage::Join(body(&kind, text)?),
+            "leave" => ServerMessage::Leave(body(&kind, text)?),
             _ => return Err(crate::DecodeError::UnknownType(kind.into_owned())),
         })
     }

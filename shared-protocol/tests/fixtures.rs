@@ -54,6 +54,8 @@ fn client_fixtures_round_trip_and_cover_every_kind() {
         "history",
         "append",
         "read",
+        "presence",
+        "presence_stats",
     ];
     assert_eq!(
         kinds,
@@ -89,6 +91,10 @@ fn server_fixtures_round_trip_and_cover_every_kind() {
         "history",
         "appended",
         "events",
+        "presence",
+        "presence_stats",
+        "join",
+        "leave",
     ];
     assert_eq!(
         kinds,

@@ -252,6 +252,11 @@ impl Core {
                 self.requests.complete(u.r#ref.as_deref());
             }
             ServerMessage::Pong(_) | ServerMessage::Heartbeat(_) => {}
+            // Presence is not handled by this SDK version yet.
+            ServerMessage::Presence(_)
+            | ServerMessage::PresenceStats(_)
+            | ServerMessage::Join(_)
+            | ServerMessage::Leave(_) => {}
         }
     }
 

@@ -321,6 +321,11 @@ async fn perform(
                 .await
                 .unwrap_or_else(|e| refusal(ops, &e, r#ref))
         }
+        Action::Presence(q) | Action::PresenceStats(q) => ServerMessage::error(
+            tidings_protocol::ErrorCode::PresenceDisabled,
+            format!("no presence is kept for {:?}", q.topic),
+            q.r#ref,
+        ),
         Action::Read(request) => {
             let r#ref = request.r#ref.clone();
             Box::pin(ops::read(ops, who, request))

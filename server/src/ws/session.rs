@@ -17,7 +17,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tidings_protocol::client::{Append, History, Publish, Read, Subscribe};
+use tidings_protocol::client::{Append, History, PresenceQuery, Publish, Read, Subscribe};
 use tidings_protocol::server::{Authenticated, Connected, Pong, Refusal, Unsubscribed};
 use tidings_protocol::{
     ClientMessage, ErrorCode, MAX_REF_LEN, PROTOCOL_VERSION, Position, ServerMessage,
@@ -46,6 +46,10 @@ pub enum Action {
     Read(Read),
     /// Append events.
     Append(Append),
+    /// Answer a `presence` request.
+    Presence(PresenceQuery),
+    /// Answer a `presence_stats` request.
+    PresenceStats(PresenceQuery),
 }
 
 /// A `subscribe` the session accepted, for the connection to carry out.
@@ -272,6 +276,8 @@ impl Session {
             },
             ClientMessage::History(m) => out.push(Action::History(m)),
             ClientMessage::Read(m) => out.push(Action::Read(m)),
+            ClientMessage::Presence(m) => out.push(Action::Presence(m)),
+            ClientMessage::PresenceStats(m) => out.push(Action::PresenceStats(m)),
             ClientMessage::Append(m) => out.push(Action::Append(m)),
         }
     }
