@@ -31,7 +31,7 @@ use axum::routing::{any, get, post};
 use axum::{Json as JsonResponse, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tidings_protocol::client::{History, Read};
+use tidings_protocol::client::{History, PresenceQuery, Read};
 use tidings_protocol::server::{Appended, Error as ErrorMessage};
 use tidings_protocol::{ErrorCode, Json, NewEvent, ServerMessage};
 
@@ -158,13 +158,25 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-/// One page of a durable topic's history: the protocol's `history` message.
+/// `GET /api/topics/{topic}/history` (one page of a durable topic's history: the protocol's
+/// `history` message) or `GET /api/topics/{topic}/presence` (its members: the protocol's
+/// `presence` message, at most `presence_max_members`; 404 `PRESENCE_DISABLED` for a topic
+/// without presence).
 async fn history(
     _: Authorized,
     State(shared): State<Arc<Shared>>,
     Checked(Path(path)): Checked<Path<String>>,
     Checked(Query(query)): Checked<Query<HistoryQuery>>,
 ) -> Result<JsonResponse<ServerMessage>, ApiError> {
+    if let Some(topic) = path.strip_suffix("/presence") {
+        let query = PresenceQuery {
+            topic: topic.to_owned(),
+            r#ref: None,
+        };
+        return Ok(JsonResponse(
+            ops::presence::query(&shared.ops, Who::Trusted, query, false).await?,
+        ));
+    }
     let topic = path.strip_suffix("/history").ok_or(ApiError::NoEndpoint)?;
     let request = History {
         topic: topic.to_owned(),
@@ -367,6 +379,9 @@ enum ApiError {
     /// A stream that has never been written.
     #[error("stream {0:?} does not exist")]
     NoStream(String),
+    /// Presence asked of a topic that keeps none.
+    #[error("no presence is kept for {0:?} (see --presence-topic)")]
+    PresenceDisabled(String),
     /// The store refused or failed (version conflict, backend failure, shutting down).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -391,6 +406,7 @@ impl From<OpError> for ApiError {
             OpError::Invalid(message) => ApiError::BadRequest(message),
             // The API is trusted: nothing is forbidden to it.
             OpError::Forbidden { .. } => ApiError::BadRequest(e.to_string()),
+            OpError::PresenceDisabled(topic) => ApiError::PresenceDisabled(topic),
             OpError::Store(e) => ApiError::Store(e),
         }
     }
@@ -420,6 +436,7 @@ impl IntoResponse for ApiError {
             E::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage),
             E::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic),
             E::Ephemeral(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unavailable),
+            E::PresenceDisabled(_) => (StatusCode::NOT_FOUND, ErrorCode::PresenceDisabled),
             E::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::MessageTooLarge),
             E::Store(StoreError::Conflict { .. }) => {
                 (StatusCode::CONFLICT, ErrorCode::VersionConflict)

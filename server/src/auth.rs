@@ -67,6 +67,9 @@ pub struct Identity {
     /// Until when the token is accepted: `exp + leeway`. A connection is closed with 4001
     /// at this instant unless `auth` replaced the token.
     pub valid_until: Option<SystemTime>,
+    /// The token's optional `info` claim (any JSON): what presence shows of this user (a
+    /// display name, an avatar), passed on as it was.
+    pub info: Option<tidings_protocol::Json>,
 }
 
 /// Why a token was refused. The text is safe to show to the client: it never contains
@@ -114,6 +117,8 @@ struct Claims {
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    #[serde(default)]
+    info: Option<tidings_protocol::Json>,
 }
 
 /// The claims of a minted token.
@@ -127,6 +132,8 @@ struct MintClaims<'a> {
     subscribe: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     publish: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a serde_json::Value>,
 }
 
 impl Authenticator {
@@ -268,6 +275,7 @@ impl Authenticator {
             publish: Patterns::from_claim(claims.publish),
             expires_at,
             valid_until,
+            info: claims.info.filter(|i| i.get() != "null"),
         })
     }
 }
@@ -306,6 +314,8 @@ pub struct TokenSpec {
     pub subscribe: Vec<String>,
     /// Publish patterns (empty: no restriction).
     pub publish: Vec<String>,
+    /// The `info` claim presence shows (e.g. `{"name": "Alice"}`).
+    pub info: Option<serde_json::Value>,
 }
 
 /// Mint an HS256 token, for `tidings token`, `--dev` and tests.
@@ -332,6 +342,7 @@ pub fn mint(secret: &str, spec: &TokenSpec) -> Result<String, jsonwebtoken::erro
         iat: now,
         subscribe: (!spec.subscribe.is_empty()).then_some(spec.subscribe.as_slice()),
         publish: (!spec.publish.is_empty()).then_some(spec.publish.as_slice()),
+        info: spec.info.as_ref(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -365,6 +376,7 @@ mod tests {
 
     fn spec(sub: &str) -> TokenSpec {
         TokenSpec {
+            info: None,
             sub: sub.into(),
             ttl: Some(Duration::from_secs(3600)),
             ..TokenSpec::default()
@@ -390,6 +402,7 @@ mod tests {
         let token = mint(
             K,
             &TokenSpec {
+                info: None,
                 subscribe: vec!["chat.*".into()],
                 ..spec("alice")
             },
@@ -419,6 +432,7 @@ mod tests {
         let no_exp = mint(
             K,
             &TokenSpec {
+                info: None,
                 ttl: None,
                 ..spec("alice")
             },
@@ -484,6 +498,7 @@ mod tests {
             mint(
                 K,
                 &TokenSpec {
+                    info: None,
                     ttl: Some(Duration::MAX),
                     ..spec("a")
                 }

@@ -141,6 +141,17 @@ pub struct Config {
     pub redis_url: Vec<String>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
+    /// Topic globs whose subscribers are presence members: others can ask who is there
+    /// (`presence`, `presence_stats`) and see them `join` and `leave`. Empty: no presence.
+    pub presence_topics: Vec<String>,
+    /// On Redis, how long a member of a node that stopped answering stays listed: each
+    /// node refreshes its members every third of this; a crashed node's members leave
+    /// when it runs out.
+    #[serde(with = "duration_str")]
+    pub presence_ttl: Duration,
+    /// Most members in one `presence` reply (more: the reply says `more`, count them with
+    /// `presence_stats`).
+    pub presence_max_members: usize,
 }
 
 impl Default for Config {
@@ -182,6 +193,9 @@ impl Default for Config {
             dedup_window: Duration::from_secs(3600),
             redis_url: Vec::new(),
             redis_prefix: "tidings".into(),
+            presence_topics: Vec::new(),
+            presence_ttl: Duration::from_secs(30),
+            presence_max_members: 1000,
         }
     }
 }
@@ -322,7 +336,7 @@ impl Config {
             }
         }
         const MIB: usize = 1024 * 1024;
-        let counts: [(&'static str, usize, usize, usize); 12] = [
+        let counts: [(&'static str, usize, usize, usize); 13] = [
             ("rate_limit", self.rate_limit as usize, 1, u32::MAX as usize),
             ("rate_burst", self.rate_burst as usize, 1, u32::MAX as usize),
             ("max_message_bytes", self.max_message_bytes, 64, 64 * MIB),
@@ -342,6 +356,12 @@ impl Config {
                 10_000_000,
             ),
             ("queue_capacity", self.queue_capacity, 1, 1_000_000),
+            (
+                "presence_max_members",
+                self.presence_max_members,
+                1,
+                100_000,
+            ),
             ("history_limit", self.history_limit as usize, 1, 1_000_000),
             ("max_reply_bytes", self.max_reply_bytes, 1024, 1024 * MIB),
             (
@@ -396,6 +416,12 @@ impl Config {
                 Some(self.dedup_window),
                 Duration::ZERO,
                 MAX_DURATION,
+            ),
+            (
+                "presence_ttl",
+                Some(self.presence_ttl),
+                ms(1000),
+                ms(24 * 3600 * 1000),
             ),
             (
                 "http_header_timeout",

@@ -44,6 +44,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod ops;
+mod presence;
 mod repository;
 mod retention;
 mod state;

@@ -71,6 +71,12 @@ pub struct Metrics {
     pub redis_batch: Histogram,
     /// Times a pub/sub connection to Redis was re-established.
     pub redis_pubsub_reconnects: Counter,
+    /// Presence members on this node (connections subscribed to presence topics).
+    pub presence_members: Gauge,
+    /// Members that joined a presence topic on this node.
+    pub presence_joins: Counter,
+    /// Members that left a presence topic on this node.
+    pub presence_leaves: Counter,
 }
 
 impl Metrics {
@@ -98,6 +104,9 @@ impl Metrics {
             ]),
             redis_batch: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
             redis_pubsub_reconnects: Counter::default(),
+            presence_members: Gauge::default(),
+            presence_joins: Counter::default(),
+            presence_leaves: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -171,6 +180,21 @@ impl Metrics {
             "redis_pubsub_reconnects",
             "Times a Redis pub/sub connection was re-established",
             m.redis_pubsub_reconnects.clone(),
+        );
+        registry.register(
+            "presence_members",
+            "Presence members on this node",
+            m.presence_members.clone(),
+        );
+        registry.register(
+            "presence_joins",
+            "Members that joined a presence topic on this node",
+            m.presence_joins.clone(),
+        );
+        registry.register(
+            "presence_leaves",
+            "Members that left a presence topic on this node",
+            m.presence_leaves.clone(),
         );
         for code in ErrorCode::ALL {
             // Pre-create every series so dashboards see zeros, not gaps.

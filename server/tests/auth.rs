@@ -167,6 +167,7 @@ async fn expiry_closes_with_4001_unless_refreshed() {
     .await;
     let short = |sub: &str| {
         token_with(tidings_server::TokenSpec {
+            info: None,
             sub: sub.into(),
             ttl: Some(Duration::from_secs(2)),
             ..Default::default()

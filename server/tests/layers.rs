@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("retention", 0),
     ("forwarded", 0),
     ("topic", 0),
+    ("presence", 0),
     ("config", 1),
     ("auth", 2),
     // The durable log and the fan-out: never each other.

@@ -193,6 +193,7 @@ async fn rate_limit_answers_rate_limited_then_recovers() {
 async fn token_claims_restrict_topics() {
     let server = start(config()).await;
     let t = token_with(TokenSpec {
+        info: None,
         sub: "guest".into(),
         ttl: Some(std::time::Duration::from_secs(60)),
         subscribe: vec!["public.*".into()],

@@ -16,6 +16,7 @@
 
 mod append;
 pub mod fanout;
+pub mod presence;
 mod publish;
 mod read;
 mod subscribe;
@@ -34,6 +35,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::retention::Retention;
 use crate::store::{RedisConfig, Store, StoreConfig, StoreError};
 use crate::topic::{self, TopicError};
@@ -53,6 +55,8 @@ pub struct Ops {
     pub hub: Arc<Hub>,
     /// Durable history and event streams.
     pub store: Store,
+    /// Presence patterns and this node's members.
+    pub presence: Arc<Presence>,
 }
 
 impl Ops {
@@ -78,6 +82,7 @@ impl Ops {
                 dedup_window: config.dedup_window,
                 max_read_bytes: config.max_reply_bytes,
                 clock,
+                presence_ttl: config.presence_ttl,
                 redis: (!config.redis_url.is_empty()).then(|| RedisConfig {
                     urls: config.redis_url.clone(),
                     prefix: config.redis_prefix.clone(),
@@ -87,6 +92,14 @@ impl Ops {
             Arc::clone(&metrics),
         )
         .map_err(|e| ConfigError::Store(Box::new(e)))?;
+        let presence = Arc::new(Presence::new(&config.presence_topics)?);
+        if store.is_shared() && presence.any() {
+            tokio::spawn(presence::upkeep(
+                Arc::clone(&presence),
+                store.clone(),
+                config.presence_ttl,
+            ));
+        }
         Ok(Ops {
             config,
             auth,
@@ -94,6 +107,7 @@ impl Ops {
             metrics,
             hub,
             store,
+            presence,
         })
     }
 
@@ -177,6 +191,9 @@ pub enum OpError {
     /// The request is malformed in a way the decoder cannot see (no events, an overlong id).
     #[error("{0}")]
     Invalid(String),
+    /// `presence` on a topic no `presence_topics` pattern matches.
+    #[error("no presence is kept for {0:?} (see --presence-topic)")]
+    PresenceDisabled(String),
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -190,6 +207,7 @@ impl OpError {
             OpError::Forbidden { .. } => ErrorCode::Forbidden,
             OpError::Ephemeral(_) => ErrorCode::Unavailable,
             OpError::Invalid(_) => ErrorCode::InvalidMessage,
+            OpError::PresenceDisabled(_) => ErrorCode::PresenceDisabled,
             OpError::Store(e) => store_code(e),
         }
     }

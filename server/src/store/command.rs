@@ -73,6 +73,14 @@ pub enum Command {
     Maintain,
     /// Answer once everything sent before has been committed.
     Flush(oneshot::Sender<()>),
+    /// Change the shared presence set of `topic` and announce the change to the other
+    /// nodes (Redis only; a local store ignores it: one node's presence is its own registry).
+    Presence {
+        /// Topic.
+        topic: Arc<str>,
+        /// Who joined (or is still there) or left.
+        change: PresenceChange,
+    },
     /// Carry an ephemeral topic's encoded `message` frame to the other nodes (Redis only;
     /// nothing is stored, and a local store ignores it).
     Broadcast {
@@ -93,8 +101,32 @@ impl std::fmt::Debug for Command {
             Command::Maintain => "Maintain",
             Command::Flush(_) => "Flush",
             Command::Broadcast { .. } => "Broadcast",
+            Command::Presence { .. } => "Presence",
         })
     }
+}
+
+/// A change to a topic's shared presence set.
+#[derive(Debug)]
+pub enum PresenceChange {
+    /// These members joined, or (a refresh) are still here.
+    Join(Vec<PresenceEntry>),
+    /// These members left.
+    Leave(Vec<PresenceEntry>),
+}
+
+/// One member in a [`PresenceChange`]: what Redis keeps of it and the frame that announces the
+/// change to the other nodes' subscribers.
+#[derive(Debug, Clone)]
+pub struct PresenceEntry {
+    /// The member's connection.
+    pub client_id: String,
+    /// The member's user.
+    pub user: String,
+    /// The member as the protocol encodes it (`{"client_id","user","info"}`).
+    pub member: String,
+    /// The encoded `join` or `leave` frame.
+    pub frame: String,
 }
 
 /// A [`Reply`] that sends the outcome to the returned receiver.

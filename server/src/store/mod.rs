@@ -37,7 +37,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, Committed, Reply, reply_channel};
+pub use command::{Command, Committed, PresenceChange, PresenceEntry, Reply, reply_channel};
 pub use redis::RedisConfig;
 pub use shared::{Heads, Health};
 pub use sqlite::{BackupReport, backup};
@@ -309,6 +309,8 @@ pub struct StoreConfig {
     pub clock: Arc<dyn Clock>,
     /// The Redis servers when `kind` is [`StoreKind::Redis`].
     pub redis: Option<RedisConfig>,
+    /// On Redis: how long a presence member stays listed without its node's refresh.
+    pub presence_ttl: std::time::Duration,
 }
 
 /// Handle to the store: the writer's channel, and where reads go.
@@ -413,6 +415,35 @@ impl Store {
             kind: config.kind,
             max_read_bytes: config.max_read_bytes,
         })
+    }
+
+    /// On Redis: reap `topic`'s members whose node went away (announcing their `leave`) and
+    /// read its presence: `(clients, users, at most max members as JSON, more)`. `None` for
+    /// a local store (a node's own registry is the whole truth then).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis fails.
+    pub async fn shared_presence(
+        &self,
+        topic: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Option<(u64, u64, Vec<String>, bool)>, StoreError> {
+        match &self.log {
+            Log::Local { .. } => Ok(None),
+            Log::Redis { log, .. } => log.presence(topic, max, now_ms).await.map(Some),
+        }
+    }
+
+    /// Send a command without waiting: at once if the queue has room, else from a task (for
+    /// callers that cannot wait, like a connection's cleanup).
+    pub fn send_soon(&self, command: Command) {
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.tx.try_send(command) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(command).await;
+            });
+        }
     }
 
     /// Whether other nodes share this store (Redis): ephemeral messages are then sent to

@@ -275,7 +275,7 @@ pub(super) fn plan(
             Command::Maintain => plan.maintain = true,
             Command::Flush(done) => plan.flushes.push(done),
             // Nothing to store; other nodes exist only with Redis.
-            Command::Broadcast { .. } => {}
+            Command::Broadcast { .. } | Command::Presence { .. } => {}
         }
     }
     debug_assert!(

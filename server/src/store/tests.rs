@@ -94,6 +94,7 @@ fn open_with(
             max_read_bytes,
             clock: Arc::clone(&clock) as Arc<dyn Clock>,
             redis: None,
+            presence_ttl: Duration::from_secs(30),
         },
         Arc::clone(&listeners) as Arc<dyn Listeners>,
         Arc::clone(&metrics),

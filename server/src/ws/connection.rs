@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use tidings_protocol::server::{Appended, Error as ErrorFrame, Published, Subscribed};
+use tidings_protocol::server::{Appended, Error as ErrorFrame, Member, Published, Subscribed};
 use tidings_protocol::{CloseCode, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
@@ -125,8 +125,10 @@ struct Live<'a> {
 
 impl Drop for Live<'_> {
     fn drop(&mut self) {
+        let client_id = self.session.client_id();
         for topic in self.session.subscriptions() {
             ops::unsubscribe(&self.shared.ops, self.mailbox.id(), topic);
+            ops::presence::leave(&self.shared.ops, topic, client_id);
         }
     }
 }
@@ -261,11 +263,20 @@ async fn perform(
     let reply = match action {
         Action::Reply(reply) => reply,
         Action::Subscribe(request) => {
-            return Box::pin(subscribe(shared, mailbox, request, unavailable)).await;
+            let member = Member {
+                client_id: client_id.to_owned(),
+                user: identity.user.clone(),
+                info: identity
+                    .info
+                    .clone()
+                    .unwrap_or_else(tidings_protocol::json_null),
+            };
+            return Box::pin(subscribe(shared, mailbox, request, member, unavailable)).await;
         }
         Action::Unsubscribe(topics) => {
             for topic in topics {
                 ops::unsubscribe(ops, mailbox.id(), &topic);
+                ops::presence::leave(ops, &topic, client_id);
                 queue(shared, mailbox, Outbound::Untrack { topic }).await;
             }
             return Ok(());
@@ -321,11 +332,18 @@ async fn perform(
                 .await
                 .unwrap_or_else(|e| refusal(ops, &e, r#ref))
         }
-        Action::Presence(q) | Action::PresenceStats(q) => ServerMessage::error(
-            tidings_protocol::ErrorCode::PresenceDisabled,
-            format!("no presence is kept for {:?}", q.topic),
-            q.r#ref,
-        ),
+        Action::Presence(q) => {
+            let r#ref = q.r#ref.clone();
+            Box::pin(ops::presence::query(ops, who, q, false))
+                .await
+                .unwrap_or_else(|e| refusal(ops, &e, r#ref))
+        }
+        Action::PresenceStats(q) => {
+            let r#ref = q.r#ref.clone();
+            Box::pin(ops::presence::query(ops, who, q, true))
+                .await
+                .unwrap_or_else(|e| refusal(ops, &e, r#ref))
+        }
         Action::Read(request) => {
             let r#ref = request.r#ref.clone();
             Box::pin(ops::read(ops, who, request))
@@ -345,8 +363,10 @@ async fn subscribe(
     shared: &Shared,
     mailbox: &Mailbox,
     mut request: SubscribeAction,
+    member: Member,
     unavailable: &mut Vec<Arc<str>>,
 ) -> Result<(), StoreError> {
+    let mut joined = Vec::new();
     let mut recovered = BTreeMap::new();
     let mut positions = BTreeMap::new();
     let mut syncs = Vec::new();
@@ -371,6 +391,9 @@ async fn subscribe(
                     continue;
                 }
             };
+        if *new {
+            joined.push(Arc::clone(topic));
+        }
         match subscription {
             Subscription::Unchanged => {}
             Subscription::Live { recovered: r } => {
@@ -421,6 +444,10 @@ async fn subscribe(
     queue(shared, mailbox, encode(&reply)).await;
     for topic in syncs {
         queue(shared, mailbox, Outbound::Sync { topic }).await;
+    }
+    // Members of presence topics are announced once subscribed.
+    for topic in joined {
+        ops::presence::join(&shared.ops, &topic, mailbox.id(), member.clone());
     }
     Ok(())
 }

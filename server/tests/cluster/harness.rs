@@ -392,6 +392,7 @@ impl Node {
             .args(["--jwt-secret", SECRET])
             .args(["--redis-prefix", prefix])
             .args(["--ephemeral-topic", "live.*"])
+            .args(["--presence-topic", "presence.*", "--presence-ttl", "2s"])
             // The tests pipeline thousands of frames on one connection.
             .args(["--rate-limit", "1000000", "--rate-burst", "1000000"]);
         for var in [

@@ -1036,3 +1036,86 @@ async fn the_library_and_http_apis_see_one_server_from_every_node() {
         "{refused:?}"
     );
 }
+
+/// The presence of `topic` as `(sorted client ids, clients, users)`, asked through `c`.
+async fn presence_of(c: &mut Client, topic: &str) -> (Vec<String>, u64, u64) {
+    let ask = |kind: &str| json!({"type": kind, "topic": topic, "ref": kind}).to_string();
+    let mut ids = match c.request(&ask("presence")).await {
+        ServerMessage::Presence(p) => p
+            .members
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    ids.sort();
+    match c.request(&ask("presence_stats")).await {
+        ServerMessage::PresenceStats(s) => (ids, s.clients, s.users),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_the_same_from_every_node_and_a_killed_nodes_members_leave() {
+    let redis = Redis::start();
+    let mut nodes = nodes(2, &[redis.url()], &prefix("presence")).await;
+    let topic = "presence.room";
+    let mut alice = nodes[0].connect("alice").await;
+    alice.subscribe(&[topic]).await;
+    let mut bob = nodes[1].connect("bob").await;
+    bob.subscribe(&[topic]).await;
+    // Alice (node 1) sees Bob (node 2) join.
+    match next(&mut alice, WAIT).await {
+        Next::Msg(ServerMessage::Join(j)) => {
+            assert_eq!(
+                (j.client_id.as_str(), j.user.as_str()),
+                (bob.client_id.as_str(), "bob")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut tab = nodes[1].connect("bob").await;
+    tab.subscribe(&[topic]).await;
+    for c in [&mut alice, &mut bob] {
+        match next(c, WAIT).await {
+            Next::Msg(ServerMessage::Join(j)) => assert_eq!(j.client_id, tab.client_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut everyone = vec![
+        alice.client_id.clone(),
+        bob.client_id.clone(),
+        tab.client_id.clone(),
+    ];
+    everyone.sort();
+    let mut observers = [nodes[0].connect("o1").await, nodes[1].connect("o2").await];
+    for o in &mut observers {
+        assert_eq!(presence_of(o, topic).await, (everyone.clone(), 3, 2));
+    }
+
+    // A clean leave on node 2 reaches node 1 at once.
+    tab.ws.close(None).await.expect("close");
+    match next(&mut alice, WAIT).await {
+        Next::Msg(ServerMessage::Leave(l)) => assert_eq!(l.client_id, tab.client_id),
+        other => panic!("{other:?}"),
+    }
+
+    // Node 2 dies: its members leave within the presence TTL (2 s here), seen from node 1.
+    nodes[1].kill9();
+    let killed = Instant::now();
+    match next(&mut alice, RECOVERY).await {
+        Next::Msg(ServerMessage::Leave(l)) => {
+            assert_eq!(
+                (l.client_id.as_str(), l.user.as_str()),
+                (bob.client_id.as_str(), "bob")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let waited = killed.elapsed();
+    assert!(waited < Duration::from_secs(4), "left after {waited:?}");
+    assert_eq!(
+        presence_of(&mut observers[0], topic).await,
+        (vec![alice.client_id.clone()], 1, 1)
+    );
+}

@@ -138,6 +138,7 @@ impl TestServer {
 
 pub fn token(user: &str) -> String {
     token_with(TokenSpec {
+        info: None,
         sub: user.into(),
         ttl: Some(Duration::from_secs(3600)),
         ..TokenSpec::default()

@@ -53,6 +53,9 @@ struct TokenArgs {
     /// Topic glob the token may publish to; repeatable. [default: any topic]
     #[arg(long)]
     publish: Vec<String>,
+    /// JSON for the token's `info` claim, shown by presence, e.g. '{"name":"Alice"}'. [default: none]
+    #[arg(long, value_parser = parse_json)]
+    info: Option<serde_json::Value>,
     /// The server's HS256 secret.
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -68,6 +71,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     // A token signed with a secret the server refuses would never work.
     if args.jwt_secret.len() < tidings_server::MIN_SECRET_BYTES {
@@ -77,6 +84,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         .into());
     }
     let spec = TokenSpec {
+        info: args.info,
         sub: args.sub,
         ttl: (!args.ttl.is_zero()).then_some(args.ttl),
         subscribe: args.subscribe,

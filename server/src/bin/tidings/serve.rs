@@ -63,6 +63,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
 fn announce_dev(addr: SocketAddr, secret: &str) -> anyhow::Result<()> {
     let spec = TokenSpec {
+        info: None,
         sub: "dev".into(),
         ttl: Some(Duration::from_secs(24 * 3600)),
         ..TokenSpec::default()
@@ -73,7 +74,8 @@ fn announce_dev(addr: SocketAddr, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET /dev/token?sub=NAME` in `--dev` mode only: a 24 h token for any user, so the demo
+/// `GET /dev/token?sub=NAME` in `--dev` mode only: a 24 h token for any user (with an `info`
+/// claim `{"name": NAME}` for presence), so the demo
 /// page (and anyone on this machine) can connect without a backend. Never enabled otherwise.
 async fn dev_token(
     axum::extract::Query(query): axum::extract::Query<DevTokenQuery>,
@@ -89,6 +91,8 @@ async fn dev_token(
             .into_response();
     }
     let spec = TokenSpec {
+        // What presence shows of the user (the demo's "who's online").
+        info: Some(serde_json::json!({ "name": sub })),
         sub,
         ttl: Some(Duration::from_secs(24 * 3600)),
         ..TokenSpec::default()

@@ -143,6 +143,19 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub redis_url: Vec<String>,
+    /// Topic glob whose subscribers are presence members (who is here, join/leave); repeatable. [default: none]
+    #[arg(
+        long = "presence-topic",
+        env = "TIDINGS_PRESENCE_TOPICS",
+        value_delimiter = ','
+    )]
+    pub presence_topics: Vec<String>,
+    /// How long a crashed node's presence members stay listed (nodes refresh every third). [default: 30s]
+    #[arg(long, env = "TIDINGS_PRESENCE_TTL", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Option<Duration>,
+    /// Most members in one presence reply. [default: 1000]
+    #[arg(long, env = "TIDINGS_PRESENCE_MAX_MEMBERS")]
+    pub presence_max_members: Option<usize>,
     /// Prefix of every Redis key and channel (several deployments can share a Redis). [default: tidings]
     #[arg(long, env = "TIDINGS_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
@@ -338,6 +351,11 @@ fn apply_overrides(config: &mut Config, a: &ServeArgs) {
         config.redis_url = a.redis_url.clone();
     }
     set(&mut config.redis_prefix, &a.redis_prefix);
+    if !a.presence_topics.is_empty() {
+        config.presence_topics = a.presence_topics.clone();
+    }
+    set(&mut config.presence_ttl, &a.presence_ttl);
+    set(&mut config.presence_max_members, &a.presence_max_members);
 }
 
 fn random_secret() -> anyhow::Result<String> {

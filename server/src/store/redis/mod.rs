@@ -99,6 +99,9 @@ pub(super) struct Keys {
     pub ids: String,
     pub id_times: String,
     pub snapshot: String,
+    pub presence: String,
+    pub presence_expiry: String,
+    pub presence_users: String,
     pub channel: String,
 }
 
@@ -112,6 +115,9 @@ impl RedisLog {
             ids: format!("{base}i"),
             id_times: format!("{base}t"),
             snapshot: format!("{base}n"),
+            presence: format!("{base}p"),
+            presence_expiry: format!("{base}e"),
+            presence_users: format!("{base}u"),
             channel: format!("{base}m"),
         }
     }
@@ -264,6 +270,57 @@ impl RedisLog {
                 Err(e)
             }
         }
+    }
+
+    /// Reap `topic`'s members whose node stopped refreshing them (announcing their `leave`),
+    /// then read its presence: `(clients, users, at most max members as JSON, more)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis fails.
+    pub(crate) async fn presence(
+        &self,
+        topic: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<(u64, u64, Vec<String>, bool), StoreError> {
+        static READ: std::sync::LazyLock<::redis::Script> =
+            std::sync::LazyLock::new(|| ::redis::Script::new(script::PRESENCE_READ));
+        let index = self.shard_of(topic);
+        let mut conn = self.shards[index].conn()?;
+        let keys = self.keys(topic);
+        let topic_json =
+            serde_json::to_string(topic).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let started = Instant::now();
+        let reply: Result<Vec<Value>, _> = READ
+            .key(keys.presence)
+            .key(keys.presence_expiry)
+            .key(keys.presence_users)
+            .arg(now_ms)
+            .arg(keys.channel)
+            .arg(topic_json)
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await;
+        self.timed(started);
+        let values = match reply {
+            Ok(values) => values,
+            Err(e) => {
+                let e = backend(e);
+                self.failed(index, &e);
+                return Err(e);
+            }
+        };
+        let mut values = values.into_iter();
+        let count = |v: Option<Value>| match v {
+            Some(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        let clients = count(values.next());
+        let users = count(values.next());
+        let mut members: Vec<String> = values.filter_map(text).collect();
+        let more = members.len() > max;
+        members.truncate(max);
+        Ok((clients, users, members, more))
     }
 
     /// Topics with a channel subscription on this node.

@@ -124,3 +124,78 @@ if tonumber(ARGV[1]) < v then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
 return 1
 "#;
+
+/// Members joined a presence topic, or are still there (a refresh): add or re-arm each.
+///
+/// `KEYS`: members hash (client id → member JSON), expiries (sorted set: client id → ms),
+/// users (hash: user → members). `ARGV`: expiry (ms), ttl (ms), channel, node, then four per
+/// member: client id, user, member JSON, the `join` frame. A member that was not listed (new,
+/// or reaped while its node was away) is announced: `~<node>\n<frame>` on the channel.
+pub const PRESENCE_JOIN: &str = r#"
+local p, e, u = KEYS[1], KEYS[2], KEYS[3]
+local expiry, ttl, channel, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for b = 5, #ARGV, 4 do
+  local cid, user, member, frame = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  if redis.call('HSET', p, cid, member) == 1 then
+    redis.call('HINCRBY', u, user, 1)
+    redis.call('PUBLISH', channel, '~' .. node .. '\n' .. frame)
+  end
+  redis.call('ZADD', e, expiry, cid)
+end
+redis.call('PEXPIRE', p, ttl)
+redis.call('PEXPIRE', e, ttl)
+redis.call('PEXPIRE', u, ttl)
+return 0
+"#;
+
+/// Members left a presence topic. `KEYS` as [`PRESENCE_JOIN`]. `ARGV`: channel, node, then
+/// three per member: client id, user, the `leave` frame (announced only for a member that was
+/// still listed, so a reaped member never leaves twice).
+pub const PRESENCE_LEAVE: &str = r#"
+local p, e, u = KEYS[1], KEYS[2], KEYS[3]
+local channel, node = ARGV[1], ARGV[2]
+for b = 3, #ARGV, 3 do
+  local cid, user, frame = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  if redis.call('HDEL', p, cid) == 1 then
+    redis.call('ZREM', e, cid)
+    if redis.call('HINCRBY', u, user, -1) <= 0 then redis.call('HDEL', u, user) end
+    redis.call('PUBLISH', channel, '~' .. node .. '\n' .. frame)
+  end
+end
+return 0
+"#;
+
+/// Reap members whose node stopped refreshing them (announcing each `leave` to every node),
+/// then read the topic's presence. `KEYS` as [`PRESENCE_JOIN`]. `ARGV`: now (ms), channel,
+/// the topic as a JSON string, most members to return (0: only the counts).
+///
+/// Returns `{clients, users, member JSON...}`; one member more than asked means "more".
+/// The `leave` frame is `{"type":"leave","topic":<topic>,` followed by the stored member JSON
+/// without its `{` — the member JSON is the protocol's own encoding, so the frame is exactly
+/// what the protocol crate would build.
+pub const PRESENCE_READ: &str = r#"
+local p, e, u = KEYS[1], KEYS[2], KEYS[3]
+local now, channel, topic, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local gone = redis.call('ZRANGEBYSCORE', e, '-inf', '(' .. now, 'LIMIT', 0, 256)
+for _, cid in ipairs(gone) do
+  local member = redis.call('HGET', p, cid)
+  redis.call('ZREM', e, cid)
+  if member then
+    redis.call('HDEL', p, cid)
+    local user = cjson.decode(member).user
+    if redis.call('HINCRBY', u, user, -1) <= 0 then redis.call('HDEL', u, user) end
+    redis.call('PUBLISH', channel, '~reaper\n{"type":"leave","topic":' .. topic .. ',' .. string.sub(member, 2))
+  end
+end
+local out = {redis.call('ZCOUNT', e, now, '+inf'), redis.call('HLEN', u)}
+if max > 0 then
+  local ids = redis.call('ZRANGEBYSCORE', e, now, '+inf', 'LIMIT', 0, max + 1)
+  if #ids > 0 then
+    local members = redis.call('HMGET', p, unpack(ids))
+    for _, m in ipairs(members) do
+      if m then out[#out + 1] = m end
+    end
+  end
+end
+return out
+"#;

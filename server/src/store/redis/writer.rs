@@ -27,7 +27,9 @@ use super::script;
 use super::{RedisLog, backend, text};
 use crate::clock::{Clock, rfc3339, unix_millis};
 use crate::retention::Retention;
-use crate::store::{Command, Committed, IdempotencyKey, Reply, StoreConfig, StoreError};
+use crate::store::{
+    Command, Committed, IdempotencyKey, PresenceChange, Reply, StoreConfig, StoreError,
+};
 
 /// Most commands taken for one round of pipelines.
 const MAX_BATCH: usize = 4096;
@@ -65,6 +67,11 @@ enum Call {
     },
     /// An ephemeral frame for the other nodes: `~<node>\n<frame>` on the topic's channel.
     Broadcast { topic: Arc<str>, frame: String },
+    /// A change to the topic's presence set (announced by the script).
+    Presence {
+        topic: Arc<str>,
+        change: PresenceChange,
+    },
 }
 
 /// The writer task's state.
@@ -76,6 +83,10 @@ pub(super) struct Writer {
     clock: Arc<dyn Clock>,
     write: Script,
     snapshot: Script,
+    presence_join: Script,
+    presence_leave: Script,
+    /// How long a member stays listed without a refresh.
+    presence_ttl: Duration,
     /// Numbers the epochs this node proposes for new topics (with the node id: unique).
     epochs: AtomicU64,
     /// Per shard: the scripts are in its cache (so a pipeline need not load them). Cleared by
@@ -94,6 +105,9 @@ impl Writer {
             clock: Arc::clone(&config.clock),
             write: Script::new(script::WRITE),
             snapshot: Script::new(script::SNAPSHOT),
+            presence_join: Script::new(script::PRESENCE_JOIN),
+            presence_leave: Script::new(script::PRESENCE_LEAVE),
+            presence_ttl: config.presence_ttl,
             epochs: AtomicU64::new(0),
             loaded: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }
@@ -208,6 +222,10 @@ impl Writer {
                 }
                 // Retention runs inside the write script and by key expiry.
                 Command::Maintain => {}
+                Command::Presence { topic, change } => {
+                    let shard = self.log.shard_of(&topic);
+                    calls[shard].push(Call::Presence { topic, change });
+                }
                 Command::Broadcast { topic, frame } => {
                     let shard = self.log.shard_of(&topic);
                     calls[shard].push(Call::Broadcast { topic, frame });
@@ -283,7 +301,7 @@ impl Writer {
                     items,
                     answer,
                 } => deliver(&topic, expected, &items, answer, reply),
-                Call::Broadcast { .. } => {}
+                Call::Broadcast { .. } | Call::Presence { .. } => {}
                 Call::Snapshot { done, .. } => {
                     let outcome = match reply {
                         Value::ServerError(e) => Err(StoreError::Backend(format!("redis: {e:?}"))),
@@ -308,6 +326,8 @@ impl Writer {
         if load {
             pipe.load_script(&self.write).ignore();
             pipe.load_script(&self.snapshot).ignore();
+            pipe.load_script(&self.presence_join).ignore();
+            pipe.load_script(&self.presence_leave).ignore();
         }
         for call in calls {
             match call {
@@ -335,6 +355,9 @@ impl Writer {
                 Call::Broadcast { .. } => {
                     pipe.cmd("PING");
                 }
+                Call::Presence { topic, change } => {
+                    self.add_presence(&mut pipe, topic, change, times.0)
+                }
             }
         }
         pipe
@@ -356,6 +379,43 @@ impl Writer {
         let reply = pipe.query_async(&mut conn).await;
         self.log.timed(started);
         reply
+    }
+
+    fn add_presence(&self, pipe: &mut Pipeline, topic: &str, change: &PresenceChange, now_ms: u64) {
+        let keys = self.log.keys(topic);
+        let ttl = u64::try_from(self.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        match change {
+            PresenceChange::Join(entries) => {
+                let mut invocation = self.presence_join.key(keys.presence);
+                invocation
+                    .key(keys.presence_expiry)
+                    .key(keys.presence_users)
+                    .arg(now_ms.saturating_add(ttl))
+                    .arg(ttl)
+                    .arg(keys.channel)
+                    .arg(self.node.as_ref());
+                for e in entries {
+                    invocation
+                        .arg(&e.client_id)
+                        .arg(&e.user)
+                        .arg(&e.member)
+                        .arg(&e.frame);
+                }
+                pipe.invoke_script(&invocation);
+            }
+            PresenceChange::Leave(entries) => {
+                let mut invocation = self.presence_leave.key(keys.presence);
+                invocation
+                    .key(keys.presence_expiry)
+                    .key(keys.presence_users)
+                    .arg(keys.channel)
+                    .arg(self.node.as_ref());
+                for e in entries {
+                    invocation.arg(&e.client_id).arg(&e.user).arg(&e.frame);
+                }
+                pipe.invoke_script(&invocation);
+            }
+        }
     }
 
     fn add_write(
@@ -422,7 +482,7 @@ fn fail(calls: Vec<Call>, error: &StoreError) {
             Call::Snapshot { done, .. } => {
                 let _ = done.send(Err(error.clone()));
             }
-            Call::Broadcast { .. } => {}
+            Call::Broadcast { .. } | Call::Presence { .. } => {}
         }
     }
 }

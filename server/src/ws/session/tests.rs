@@ -37,6 +37,7 @@ fn limits() -> Limits {
 
 fn user(name: &str) -> TokenSpec {
     TokenSpec {
+        info: None,
         sub: name.into(),
         ttl: Some(Duration::from_secs(60)),
         ..TokenSpec::default()
@@ -188,6 +189,7 @@ fn bad_input_gets_precise_errors() {
 #[test]
 fn a_multi_topic_subscribe_is_answered_per_topic() {
     let spec = TokenSpec {
+        info: None,
         subscribe: vec!["ok.*".into()],
         ..user("bob")
     };
@@ -272,6 +274,7 @@ fn auth_refresh_keeps_identity_and_refuses_another() {
     let fresh = mint(
         K,
         &TokenSpec {
+            info: None,
             ttl: Some(Duration::from_secs(7200)),
             ..user("alice")
         },
