@@ -51,23 +51,33 @@ impl Presence {
         !self.patterns.is_empty()
     }
 
-    /// Add `member` to `topic`; returns whether it is new.
-    pub fn join(&self, topic: &Arc<str>, member: Member) -> bool {
+    /// Add `member` to `topic`; returns whether it is new. `announce` runs for a new member
+    /// under the registry's lock, so announcements (and the writes that share them) leave in
+    /// the registry's order — a refresh can never overtake the leave that follows it.
+    pub fn join(&self, topic: &Arc<str>, member: Member, announce: impl FnOnce(&Member)) -> bool {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         let members = topics.entry(Arc::clone(topic)).or_default();
         if members.by_client.contains_key(&member.client_id) {
             return false;
         }
         *members.users.entry(member.user.clone()).or_default() += 1;
+        announce(&member);
         members.by_client.insert(member.client_id.clone(), member);
         true
     }
 
-    /// Remove connection `client_id` from `topic`; returns the member if it was one.
-    pub fn leave(&self, topic: &str, client_id: &str) -> Option<Member> {
+    /// Remove connection `client_id` from `topic`; returns the member if it was one, after
+    /// running `announce` for it under the registry's lock (see [`Presence::join`]).
+    pub fn leave(
+        &self,
+        topic: &str,
+        client_id: &str,
+        announce: impl FnOnce(&Member),
+    ) -> Option<Member> {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         let members = topics.get_mut(topic)?;
         let member = members.by_client.remove(client_id)?;
+        announce(&member);
         if let Some(n) = members.users.get_mut(&member.user) {
             *n -= 1;
             if *n == 0 {
@@ -98,13 +108,19 @@ impl Presence {
             .map_or((0, 0), |m| (m.by_client.len() as u64, m.users.len() as u64))
     }
 
-    /// Every topic with members on this node, with its members (to refresh them in Redis).
-    pub fn local(&self) -> Vec<(Arc<str>, Vec<Member>)> {
+    /// Every topic with members on this node.
+    pub fn topics(&self) -> Vec<Arc<str>> {
         let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        topics
-            .iter()
-            .map(|(t, m)| (Arc::clone(t), m.by_client.values().cloned().collect()))
-            .collect()
+        topics.keys().cloned().collect()
+    }
+
+    /// Run `refresh` for every topic with members on this node, with its members, under the
+    /// registry's lock (so the refresh is ordered with joins and leaves).
+    pub fn refresh(&self, mut refresh: impl FnMut(&Arc<str>, Vec<&Member>)) {
+        let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        for (topic, members) in topics.iter() {
+            refresh(topic, members.by_client.values().collect());
+        }
     }
 }
 
@@ -125,22 +141,31 @@ mod tests {
         let p = Presence::new(&["room.*".into()]).expect("patterns");
         assert!(p.enabled("room.1") && !p.enabled("chat"));
         let t: Arc<str> = Arc::from("room.1");
-        assert!(p.join(&t, member("c1", "alice")));
-        assert!(p.join(&t, member("c2", "alice")));
-        assert!(!p.join(&t, member("c2", "alice")), "joined once");
-        assert!(p.join(&t, member("c3", "bob")));
+        let mut announced = 0;
+        assert!(p.join(&t, member("c1", "alice"), |_| announced += 1));
+        assert!(p.join(&t, member("c2", "alice"), |_| announced += 1));
+        assert!(
+            !p.join(&t, member("c2", "alice"), |_| announced += 1),
+            "joined once"
+        );
+        assert!(p.join(&t, member("c3", "bob"), |_| announced += 1));
+        assert_eq!(announced, 3);
         assert_eq!(p.stats("room.1"), (3, 2));
         let (some, more) = p.members("room.1", 2);
         assert_eq!((some.len(), more), (2, true));
         assert_eq!(
-            p.leave("room.1", "c1").map(|m| m.user),
+            p.leave("room.1", "c1", |_| {}).map(|m| m.user),
             Some("alice".into())
         );
-        assert_eq!(p.leave("room.1", "c1"), None, "left once");
+        assert_eq!(
+            p.leave("room.1", "c1", |_| panic!("twice")),
+            None,
+            "left once"
+        );
         assert_eq!(p.stats("room.1"), (2, 2));
-        p.leave("room.1", "c2");
-        p.leave("room.1", "c3");
+        p.leave("room.1", "c2", |_| {});
+        p.leave("room.1", "c3", |_| {});
         assert_eq!(p.stats("room.1"), (0, 0));
-        assert!(p.local().is_empty(), "an empty topic is forgotten");
+        assert!(p.topics().is_empty(), "an empty topic is forgotten");
     }
 }

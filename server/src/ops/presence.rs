@@ -28,36 +28,40 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Make the connection `conn` a member of `topic` (when it keeps presence): announce its join.
 pub fn join(ops: &Ops, topic: &Arc<str>, conn: ConnId, member: Member) {
-    if !ops.presence.enabled(topic) || !ops.presence.join(topic, member.clone()) {
+    if !ops.presence.enabled(topic) {
         return;
     }
-    ops.metrics.presence_joins.inc();
-    ops.metrics.presence_members.inc();
-    let frame = ServerMessage::Join(MemberEvent::new(topic, &member)).encode();
-    announce(ops, topic, Some(conn), &frame);
-    if ops.store.is_shared() {
-        let entry = entry(member, frame);
-        ops.store.send_soon(Command::Presence {
-            topic: Arc::clone(topic),
-            change: PresenceChange::Join(vec![entry]),
-        });
+    let joined = ops.presence.join(topic, member, |member| {
+        let frame = ServerMessage::Join(MemberEvent::new(topic, member)).encode();
+        announce(ops, topic, Some(conn), &frame);
+        if ops.store.is_shared() {
+            ops.store.send_soon(Command::Presence {
+                topic: Arc::clone(topic),
+                change: PresenceChange::Join(vec![entry(member, frame)]),
+            });
+        }
+    });
+    if joined {
+        ops.metrics.presence_joins.inc();
+        ops.metrics.presence_members.inc();
     }
 }
 
 /// Connection `client_id` is no longer on `topic`: announce its leave (if it was a member).
 pub fn leave(ops: &Ops, topic: &str, client_id: &str) {
-    let Some(member) = ops.presence.leave(topic, client_id) else {
-        return;
-    };
-    ops.metrics.presence_leaves.inc();
-    ops.metrics.presence_members.dec();
-    let frame = ServerMessage::Leave(MemberEvent::new(topic, &member)).encode();
-    announce(ops, topic, None, &frame);
-    if ops.store.is_shared() {
-        ops.store.send_soon(Command::Presence {
-            topic: Arc::from(topic),
-            change: PresenceChange::Leave(vec![entry(member, frame)]),
-        });
+    let left = ops.presence.leave(topic, client_id, |member| {
+        let frame = ServerMessage::Leave(MemberEvent::new(topic, member)).encode();
+        announce(ops, topic, None, &frame);
+        if ops.store.is_shared() {
+            ops.store.send_soon(Command::Presence {
+                topic: Arc::from(topic),
+                change: PresenceChange::Leave(vec![entry(member, frame)]),
+            });
+        }
+    });
+    if left.is_some() {
+        ops.metrics.presence_leaves.inc();
+        ops.metrics.presence_members.dec();
     }
 }
 
@@ -135,7 +139,7 @@ pub async fn upkeep(presence: Arc<Presence>, store: Store, ttl: Duration) {
                     return;
                 }
                 let now = unix_millis(std::time::SystemTime::now());
-                for (topic, _) in presence.local() {
+                for topic in presence.topics() {
                     // The read reaps; what it returns is not needed here.
                     if let Err(e) = store.shared_presence(&topic, 0, now).await {
                         tracing::debug!(%topic, "presence reap: {e}");
@@ -143,19 +147,19 @@ pub async fn upkeep(presence: Arc<Presence>, store: Store, ttl: Duration) {
                 }
             }
             _ = refresh.tick() => {
-                for (topic, members) in presence.local() {
+                presence.refresh(|topic, members| {
                     let entries = members
                         .into_iter()
                         .map(|m| {
-                            let frame = ServerMessage::Join(MemberEvent::new(&topic, &m)).encode();
+                            let frame = ServerMessage::Join(MemberEvent::new(topic, m)).encode();
                             entry(m, frame)
                         })
                         .collect();
                     store.send_soon(Command::Presence {
-                        topic,
+                        topic: Arc::clone(topic),
                         change: PresenceChange::Join(entries),
                     });
-                }
+                });
             }
         }
     }
@@ -168,11 +172,11 @@ fn announce(ops: &Ops, topic: &str, origin: Option<ConnId>, frame: &str) {
         .publish(topic, origin, || bytes, std::time::Instant::now());
 }
 
-fn entry(member: Member, frame: String) -> PresenceEntry {
+fn entry(member: &Member, frame: String) -> PresenceEntry {
     PresenceEntry {
-        member: serde_json::to_string(&member).unwrap_or_default(),
-        client_id: member.client_id,
-        user: member.user,
+        member: serde_json::to_string(member).unwrap_or_default(),
+        client_id: member.client_id.clone(),
+        user: member.user.clone(),
         frame,
     }
 }
