@@ -1119,3 +1119,50 @@ async fn presence_is_the_same_from_every_node_and_a_killed_nodes_members_leave()
         (vec![alice.client_id.clone()], 1, 1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pubsub_connection_is_caught_up_from_the_streams() {
+    let redis = Redis::start();
+    let nodes = nodes(2, &[redis.url()], &prefix("pubsub-lost")).await;
+    let topic = "cluster.pubsub-lost";
+    let mut follower = Follower::subscribe(&nodes[1].url("watcher"), topic).await;
+    let frames = |tag: &str| -> Vec<(String, String)> {
+        (0..100)
+            .map(|i| {
+                let r = format!("{tag}-{i}");
+                (r.clone(), publish_frame(topic, &payload(tag, i), &r, None))
+            })
+            .collect()
+    };
+    let first = publish_pipelined(nodes[0].connect("alice").await, frames("a")).await;
+    // Redis drops every pub/sub connection (as it does to one over its output buffer
+    // limit): notices published meanwhile are lost, and the subscriber's node must read
+    // them back from the stream. The subscriber itself stays connected.
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // (Only node 2's feed subscribes to anything, so only it is a pub/sub client.)
+    assert!(
+        format!("{killed:?}").contains('1'),
+        "node 2's feed: {killed:?}"
+    );
+    let second = publish_pipelined(nodes[0].connect("alice").await, frames("b")).await;
+    let last = second.values().map(|a| a.offset).max().expect("acks");
+    assert_eq!(first.len() + second.len(), 200);
+    follower.follow_until(last, RECOVERY, None).await;
+    assert_eq!(
+        follower.offsets(),
+        one_to(last),
+        "every offset once, in order"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", nodes[1].addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tidings_redis_pubsub_reconnects_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
