@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tidings_sdk::core::{Action, Config, Core, Ctx, Input, Reply, SocketId};
+use tidings_sdk::core::{Action, Change, Config, Core, Ctx, Input, Reply, SocketId};
 
 const CTX: Ctx = Ctx {
     now: 1_000,
@@ -251,4 +251,54 @@ fn an_idempotency_conflict_and_a_page_with_more_reach_their_requests() {
         &with_ref("history_more.json", h.wire_ref()),
     );
     assert!(out.iter().any(|x| matches!(x, Action::Resolve { request, reply: Reply::History(page) } if *request == h && page.more)));
+}
+
+#[test]
+fn presence_replies_settle_their_requests_and_joins_reach_the_watchers() {
+    let (mut core, socket) = connected("connected.json");
+    let p = core.presence(CTX, "room.1").expect("presence");
+    let s = core.presence_stats(CTX, "room.1").expect("stats");
+    drain(&mut core);
+    let out = feed(&mut core, socket, &with_ref("presence.json", p.wire_ref()));
+    assert!(out.iter().any(
+        |x| matches!(x, Action::Resolve { request, reply: Reply::Presence(r) }
+        if *request == p && r.members.len() == 2 && !r.more && r.members[1].info.get() == "null")
+    ));
+    let out = feed(
+        &mut core,
+        socket,
+        &with_ref("presence_stats.json", s.wire_ref()),
+    );
+    assert!(out.iter().any(
+        |x| matches!(x, Action::Resolve { request, reply: Reply::PresenceStats(r) }
+        if *request == s && (r.clients, r.users) == (3, 2))
+    ));
+
+    // A watching subscriber: its read is answered by a page cut short, then a join and a leave.
+    let sub = core.subscribe(CTX, "room.1", None).expect("subscribe");
+    let r = first_ref(&drain(&mut core));
+    let mut subscribed = fixture("subscribed.json");
+    subscribed["topics"] = serde_json::json!(["room.1"]);
+    subscribed["ref"] = Value::String(r);
+    feed(&mut core, socket, &subscribed);
+    core.watch_presence(CTX, sub);
+    let read = first_ref(&drain(&mut core));
+    let out = feed(&mut core, socket, &with_ref("presence_more.json", read));
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::MemberChanged { .. }))
+    );
+    assert_eq!(core.members(sub).map(|m| m.len()), Some(1));
+    // alice (a1b2c3-1) is known already: her join is no change; her leave is one.
+    let out = feed(&mut core, socket, &fixture("join.json"));
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::MemberChanged { .. }))
+    );
+    let out = feed(&mut core, socket, &fixture("leave.json"));
+    assert!(out.iter().any(
+        |x| matches!(x, Action::MemberChanged { sub: s, change: Change::Leave, event }
+        if *s == sub && event.user == "alice" && event.topic == "room.1")
+    ));
+    assert_eq!(core.members(sub).map(|m| m.len()), Some(0));
 }

@@ -979,3 +979,256 @@ async fn a_node_killed_with_sigkill_sends_its_urls_client_to_another_node_that_r
     a.close();
     p.close();
 }
+
+// ---- Presence: who is on a topic, joins and leaves, and no drift across a reconnect ----
+
+/// A token whose `info` claim is the JSON `info`.
+async fn token_with_info(sub: &str, info: &str) -> String {
+    let info = String::from(js_sys::encode_uri_component(info));
+    control(&format!("/token?sub={sub}&ttl=3600&info={info}")).await
+}
+
+/// `(user, info.name)` of each member in a list of members or member events, sorted.
+fn people(list: &JsValue) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = js_sys::Array::from(list)
+        .iter()
+        .map(|m| {
+            (
+                get(&m, "user").as_string().unwrap_or_default(),
+                get(&get(&m, "info"), "name")
+                    .as_string()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn logged(log: &Rc<RefCell<Vec<JsValue>>>) -> JsValue {
+    log.borrow().iter().collect::<js_sys::Array>().into()
+}
+
+fn pair(user: &str, name: &str) -> (String, String) {
+    (user.to_owned(), name.to_owned())
+}
+
+/// How many members `sub.members()` lists (None while it is `null`).
+fn member_count(sub: &tidings_sdk::wasm::Subscription) -> Option<u32> {
+    let list = JsValue::from(sub.members());
+    (!list.is_null()).then(|| js_sys::Array::from(&list).length())
+}
+
+#[wasm_bindgen_test]
+async fn presence_lists_members_reports_joins_and_leaves_and_counts_them() {
+    let topic = unique("presence-room");
+    let alice = client(&token_with_info("alice", r#"{"name":"Alice"}"#).await);
+    let (nothing, _) = recorder();
+    let sub = alice
+        .subscribe(topic.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    let (on_join, joins) = recorder();
+    let (on_leave, leaves) = recorder();
+    let (on_error, errors) = recorder();
+    sub.on_join(on_join.unchecked_into());
+    sub.on_leave(on_leave.unchecked_into());
+    sub.on_error(on_error.unchecked_into());
+    assert!(
+        member_count(&sub).is_none(),
+        "nothing known before the first read"
+    );
+    connected(&alice, "alice").await;
+    // Her first presence read is answered once her subscription is active: she is listed.
+    wait_until("alice's first presence read", 10_000, || {
+        member_count(&sub) == Some(1)
+    })
+    .await;
+
+    let bob = client(&token_with_info("bob", r#"{"name":"Bob"}"#).await);
+    let (nothing, _) = recorder();
+    let (bob_join, bob_joins) = recorder();
+    let bob_sub = bob
+        .subscribe(topic.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    bob_sub.on_join(bob_join.unchecked_into());
+    connected(&bob, "bob").await;
+    wait_until("alice hears bob join", 10_000, || {
+        !joins.borrow().is_empty()
+    })
+    .await;
+    let join = joins.borrow()[0].clone();
+    assert_eq!(
+        get(&join, "topic").as_string().as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(people(&logged(&joins)), [pair("bob", "Bob")]);
+    let bob_id = get(&join, "client_id").as_string().unwrap_or_default();
+    assert!(!bob_id.is_empty());
+
+    let page = ok(
+        "presence",
+        Promise::from(JsValue::from(alice.presence(topic.clone()))),
+    )
+    .await;
+    assert_eq!(
+        get(&page, "topic").as_string().as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(
+        people(&get(&page, "members")),
+        [pair("alice", "Alice"), pair("bob", "Bob")]
+    );
+    assert_eq!(get(&page, "more").as_bool(), Some(false));
+    let stats = ok(
+        "presenceStats",
+        Promise::from(JsValue::from(alice.presence_stats(topic.clone()))),
+    )
+    .await;
+    assert_eq!(get(&stats, "clients").as_f64(), Some(2.0));
+    assert_eq!(get(&stats, "users").as_f64(), Some(2.0));
+    assert_eq!(
+        people(&JsValue::from(sub.members())),
+        [pair("alice", "Alice"), pair("bob", "Bob")],
+        "the SDK's view agrees"
+    );
+
+    // Bob closes cleanly: alice hears it promptly.
+    bob.close();
+    wait_until("alice hears bob leave", 2_000, || {
+        !leaves.borrow().is_empty()
+    })
+    .await;
+    assert_eq!(people(&logged(&leaves)), [pair("bob", "Bob")]);
+    assert_eq!(
+        get(&leaves.borrow()[0], "client_id").as_string(),
+        Some(bob_id)
+    );
+    assert_eq!(
+        people(&JsValue::from(sub.members())),
+        [pair("alice", "Alice")]
+    );
+    assert_eq!(joins.borrow().len(), 1, "alice never hears her own join");
+    assert!(
+        bob_joins.borrow().is_empty(),
+        "nor bob his: {:?}",
+        bob_joins.borrow()
+    );
+    assert!(errors.borrow().is_empty(), "{:?}", errors.borrow());
+
+    // A topic without presence: the requests reject, and a watching subscriber hears why.
+    let plain = unique("plain");
+    for (what, p) in [
+        ("presence", JsValue::from(alice.presence(plain.clone()))),
+        (
+            "presenceStats",
+            JsValue::from(alice.presence_stats(plain.clone())),
+        ),
+    ] {
+        let err = settle(what, 20_000, Promise::from(p))
+            .await
+            .expect_err("no presence on that topic");
+        assert!(err.is_instance_of::<js_sys::Error>());
+        assert_eq!(
+            get(&err, "code").as_string().as_deref(),
+            Some("PRESENCE_DISABLED"),
+            "{what}"
+        );
+    }
+    let (nothing, _) = recorder();
+    let plain_sub = alice
+        .subscribe(plain, nothing.unchecked_into(), None)
+        .expect("subscribe");
+    let (on_error, plain_errors) = recorder();
+    plain_sub.on_error(on_error.unchecked_into());
+    let (on_join, _) = recorder();
+    plain_sub.on_join(on_join.unchecked_into());
+    wait_until("onError for the presence read", 10_000, || {
+        !plain_errors.borrow().is_empty()
+    })
+    .await;
+    assert_eq!(
+        get(&plain_errors.borrow()[0], "code")
+            .as_string()
+            .as_deref(),
+        Some("PRESENCE_DISABLED")
+    );
+    assert!(member_count(&plain_sub).is_none());
+    alice.close();
+}
+
+#[wasm_bindgen_test]
+async fn after_a_reconnect_presence_reports_what_changed_meanwhile() {
+    let topic = unique("presence-reconnect");
+    let alice = client(&token_with_info("alice", r#"{"name":"Alice"}"#).await);
+    let alice_states = states(&alice);
+    let (nothing, _) = recorder();
+    let sub = alice
+        .subscribe(topic.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    let (on_join, joins) = recorder();
+    let (on_leave, leaves) = recorder();
+    sub.on_join(on_join.unchecked_into());
+    sub.on_leave(on_leave.unchecked_into());
+    connected(&alice, "alice").await;
+    wait_until("alice's first presence read", 10_000, || {
+        member_count(&sub) == Some(1)
+    })
+    .await;
+    let bob = client(&token_with_info("bob", r#"{"name":"Bob"}"#).await);
+    let (nothing, _) = recorder();
+    let _bob_sub = bob
+        .subscribe(topic.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    wait_until("alice hears bob join", 10_000, || {
+        !joins.borrow().is_empty()
+    })
+    .await;
+
+    // The server dies. While it is down bob goes away for good and carol starts; she is on
+    // the topic when the server is back. Nobody will ever send alice a `leave` for bob: the
+    // new server never knew him. Only the SDK's re-read can tell.
+    control("/kill").await;
+    wait_until("alice offline", 10_000, || !is_connected(&alice)).await;
+    bob.close();
+    let carol = client(&token_with_info("carol", r#"{"name":"Carol"}"#).await);
+    let (nothing, _) = recorder();
+    let _carol_sub = carol
+        .subscribe(topic.clone(), nothing.unchecked_into(), None)
+        .expect("subscribe");
+    control("/start").await;
+    connected(&alice, "alice back").await;
+    connected(&carol, "carol").await;
+    wait_until("alice hears bob leave and carol join", 10_000, || {
+        !leaves.borrow().is_empty() && joins.borrow().len() >= 2
+    })
+    .await;
+    // Both have arrived; a presence round trip on alice's connection lets anything still on
+    // its way arrive too, before checking nothing was reported twice.
+    let page = ok(
+        "presence",
+        Promise::from(JsValue::from(alice.presence(topic.clone()))),
+    )
+    .await;
+    assert_eq!(
+        people(&get(&page, "members")),
+        [pair("alice", "Alice"), pair("carol", "Carol")]
+    );
+    assert_eq!(people(&logged(&leaves)), [pair("bob", "Bob")]);
+    assert_eq!(
+        people(&logged(&joins)),
+        [pair("bob", "Bob"), pair("carol", "Carol")],
+        "each once; never alice's own new connection"
+    );
+    assert_eq!(
+        people(&JsValue::from(sub.members())),
+        [pair("alice", "Alice"), pair("carol", "Carol")],
+        "the SDK's view has not drifted"
+    );
+    assert!(
+        names(&alice_states).ends_with(&["reconnecting".into(), "connected".into()]),
+        "{:?}",
+        names(&alice_states)
+    );
+    alice.close();
+    carol.close();
+}

@@ -1,4 +1,5 @@
-//! The application's calls: subscribe, unsubscribe, publish, history, append, read, close.
+//! The application's calls: subscribe, unsubscribe, watching presence, publish, history,
+//! append, read, presence, presence stats, close.
 //! Each checks its arguments, registers the request and sends it (or queues it while offline).
 
 use tidings_protocol::ClientMessage;
@@ -29,7 +30,15 @@ impl Core {
 
     /// Stop a subscriber; the topic is unsubscribed on the server when it was the last one.
     pub fn unsubscribe(&mut self, ctx: Ctx, sub: SubId) {
-        if let Some(topic) = self.subs.remove(sub)
+        if let Some(topic) = self.subs.topic_of(sub) {
+            let topic = topic.to_owned();
+            self.presence.unwatch(&topic, sub);
+        }
+        let gone = self.subs.remove(sub);
+        if let Some(topic) = &gone {
+            self.presence.forget(topic);
+        }
+        if let Some(topic) = gone
             && self.conn.is_connected()
         {
             let id = self.requests.register(RequestKind::Unsubscribe);
@@ -41,6 +50,42 @@ impl Core {
             self.requests.sent(id, ctx.now);
         }
         self.finish();
+    }
+
+    /// `sub` wants to hear joins and leaves of its topic (its first `onJoin`/`onLeave`). The
+    /// topic's members are read when its subscription is active (now, if it is), and after
+    /// every reconnect; the difference is reported as joins and leaves (see [`presence`]).
+    /// A subscriber that is gone (unsubscribed, refused) is ignored.
+    pub fn watch_presence(&mut self, ctx: Ctx, sub: SubId) {
+        if let Some(topic) = self.subs.topic_of(sub) {
+            let topic = topic.to_owned();
+            self.presence.watch(&topic, sub);
+            self.read_presence_if_due(ctx, &topic);
+        }
+        self.finish();
+    }
+
+    /// Who is on presence topic `topic` (`PRESENCE_DISABLED` if the server keeps no presence
+    /// for it).
+    pub fn presence(&mut self, ctx: Ctx, topic: &str) -> Result<RequestId, SdkError> {
+        check_name("topic", topic)?;
+        self.request(ctx, RequestKind::Presence, |r| {
+            ClientMessage::Presence(client::PresenceQuery {
+                topic: topic.to_owned(),
+                r#ref: Some(r),
+            })
+        })
+    }
+
+    /// How many connections and users are on presence topic `topic`.
+    pub fn presence_stats(&mut self, ctx: Ctx, topic: &str) -> Result<RequestId, SdkError> {
+        check_name("topic", topic)?;
+        self.request(ctx, RequestKind::PresenceStats, |r| {
+            ClientMessage::PresenceStats(client::PresenceQuery {
+                topic: topic.to_owned(),
+                r#ref: Some(r),
+            })
+        })
     }
 
     /// Publish `data` (raw JSON) to `topic`. The request resolves with the acknowledgement;

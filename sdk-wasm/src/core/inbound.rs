@@ -114,6 +114,7 @@ impl Core {
         match message {
             ServerMessage::Connected(c) => {
                 if self.conn.established(socket, ctx.now) {
+                    self.presence.connected(&c.client_id);
                     if let Some(hb) = c.heartbeat_ms.filter(|hb| *hb > 0) {
                         self.liveness.set_server_heartbeat(hb);
                     }
@@ -160,6 +161,8 @@ impl Core {
                         }
                     };
                     self.apply(ctx, events);
+                    // Back on the server: a watched topic is read (again) now.
+                    self.read_presence_if_due(ctx, &topic);
                 }
             }
             ServerMessage::Message(m) => {
@@ -183,6 +186,14 @@ impl Core {
                     Some((request, kind)) if kind.is_user() => {
                         self.outbox.remove(request);
                         self.actions.push_back(Action::Reject { request, error });
+                    }
+                    Some((request, RequestKind::PresenceSync(topic))) => {
+                        for sub in self.presence.read_failed(&topic, request) {
+                            self.actions.push_back(Action::PresenceFailed {
+                                sub,
+                                error: error.clone(),
+                            });
+                        }
                     }
                     Some((_, RequestKind::Auth)) => {
                         // The refresh was refused; try again a little later. If it never
@@ -251,12 +262,32 @@ impl Core {
             ServerMessage::Unsubscribed(u) => {
                 self.requests.complete(u.r#ref.as_deref());
             }
+            ServerMessage::Presence(p) => match self.requests.complete(p.r#ref.as_deref()) {
+                Some((request, RequestKind::Presence)) => {
+                    self.resolve(request, Reply::Presence(p));
+                }
+                Some((request, RequestKind::PresenceSync(_))) => {
+                    let changes = self.presence.on_reply(request, p);
+                    self.report_members(changes);
+                }
+                _ => {}
+            },
+            ServerMessage::PresenceStats(p) => {
+                if let Some((request, RequestKind::PresenceStats)) =
+                    self.requests.complete(p.r#ref.as_deref())
+                {
+                    self.resolve(request, Reply::PresenceStats(p));
+                }
+            }
+            ServerMessage::Join(e) => {
+                let change = self.presence.on_event(Change::Join, e);
+                self.report_members(change);
+            }
+            ServerMessage::Leave(e) => {
+                let change = self.presence.on_event(Change::Leave, e);
+                self.report_members(change);
+            }
             ServerMessage::Pong(_) | ServerMessage::Heartbeat(_) => {}
-            // Presence is not handled by this SDK version yet.
-            ServerMessage::Presence(_)
-            | ServerMessage::PresenceStats(_)
-            | ServerMessage::Join(_)
-            | ServerMessage::Leave(_) => {}
         }
     }
 
@@ -310,6 +341,11 @@ impl Core {
                         self.subs.mark_unsent(topic);
                     }
                     self.subscribe_unsent(ctx);
+                }
+                // No answer to a presence read: ask again.
+                RequestKind::PresenceSync(topic) => {
+                    self.presence.read_lost(&topic, request);
+                    self.read_presence_if_due(ctx, &topic);
                 }
                 // An unanswered refresh is tried again a little later.
                 RequestKind::Auth => {

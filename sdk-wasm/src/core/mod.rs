@@ -17,6 +17,7 @@
 //! * [`requests`] — `ref` → pending request, offline queue, timeouts.
 //! * [`token`] — the token in the connect URL, when to refresh it, when it is dead.
 //! * [`streams`] — folding an event stream: which event applies next, where to resume.
+//! * [`presence`] — the members of watched presence topics; the difference after a reconnect.
 //!
 //! Architecture invariant: nothing in this module touches web-sys or js-sys; it builds and is
 //! tested on the host, and only [`tidings_protocol`] knows the JSON shape of a frame.
@@ -29,6 +30,7 @@ mod inbound;
 pub mod liveness;
 mod outbound;
 pub mod outbox;
+pub mod presence;
 pub mod requests;
 pub mod streams;
 pub mod subscriptions;
@@ -40,7 +42,9 @@ mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use tidings_protocol::server::{Events, HistoryPage, Message};
+use tidings_protocol::server::{
+    Events, HistoryPage, Member, MemberEvent, Message, PresenceReply, PresenceStats,
+};
 use tidings_protocol::{ClientMessage, Json, ServerMessage};
 pub use tidings_protocol::{NewEvent, Position};
 
@@ -49,6 +53,7 @@ pub use connection::{Connection, ConnectionState, Phase, SocketId};
 pub use error::SdkError;
 pub use liveness::{Liveness, Verdict};
 pub use outbox::Outbox;
+pub use presence::{Change, MemberChange, Presence};
 pub use requests::{RequestId, RequestKind, Requests};
 pub use subscriptions::{SubEvent, SubId, Subscriptions};
 
@@ -187,6 +192,10 @@ pub enum Reply {
     },
     /// A stream's events.
     Events(Events),
+    /// Who is on a presence topic.
+    Presence(PresenceReply),
+    /// How many are on a presence topic.
+    PresenceStats(PresenceStats),
 }
 
 /// Something the shell must do.
@@ -252,6 +261,23 @@ pub enum Action {
         /// Why.
         error: SdkError,
     },
+    /// A member joined or left a presence topic the subscriber watches (`onJoin`/`onLeave`).
+    MemberChanged {
+        /// The subscriber.
+        sub: SubId,
+        /// Joined or left.
+        change: Change,
+        /// The member and its topic.
+        event: MemberEvent,
+    },
+    /// The presence read for a watching subscriber was refused (`PRESENCE_DISABLED`,
+    /// `FORBIDDEN`): joins and leaves are no longer tracked; the subscription itself lives on.
+    PresenceFailed {
+        /// The subscriber.
+        sub: SubId,
+        /// Why.
+        error: SdkError,
+    },
     /// Settle a request's promise successfully.
     Resolve {
         /// The request.
@@ -280,6 +306,7 @@ pub struct Core {
     conn: Connection,
     liveness: Liveness,
     subs: Subscriptions,
+    presence: Presence,
     outbox: Outbox,
     requests: Requests,
     /// The token of the current (or next) connection.
@@ -320,6 +347,7 @@ impl Core {
             conn: Connection::new(config.urls.clone(), backoff, config.connect_timeout_ms),
             liveness: Self::fresh_liveness(&config),
             subs: Subscriptions::new(),
+            presence: Presence::new(),
             outbox: Outbox::new(config.outbox_capacity),
             requests: Requests::new(config.request_timeout_ms),
             token: config.token.clone(),
@@ -366,6 +394,12 @@ impl Core {
     /// The topic a subscriber listens to.
     pub fn topic_of(&self, sub: SubId) -> Option<&str> {
         self.subs.topic_of(sub)
+    }
+
+    /// The members of a presence topic as this client knows them, for a subscriber that
+    /// watches it (None: it does not, or the first read has not been answered).
+    pub fn members(&self, sub: SubId) -> Option<Vec<Member>> {
+        self.presence.members(self.subs.topic_of(sub)?)
     }
 
     /// Publishes waiting for an acknowledgement.

@@ -129,6 +129,7 @@ impl Core {
     /// The socket is gone (or the attempt failed): reset per-socket state and wait to retry.
     pub(super) fn lost(&mut self, ctx: Ctx) {
         self.subs.on_disconnect();
+        self.presence.on_disconnect();
         self.outbox.mark_all_unsent();
         for request in self.requests.on_disconnect() {
             self.actions.push_back(Action::Reject {
@@ -209,7 +210,10 @@ impl Core {
                         });
                     }
                 }
-                SubEvent::Failed { subs, error, .. } => {
+                SubEvent::Failed {
+                    subs, error, topic, ..
+                } => {
+                    self.presence.forget(&topic);
                     for sub in subs {
                         self.actions.push_back(Action::SubscriptionFailed {
                             sub,
@@ -217,6 +221,49 @@ impl Core {
                         });
                     }
                 }
+            }
+        }
+    }
+
+    /// Read `topic`'s members if it is watched, a read is due and its subscription is active
+    /// on this socket (so the joins and leaves after the snapshot reach us too).
+    pub(super) fn read_presence_if_due(&mut self, ctx: Ctx, topic: &str) {
+        if !self.conn.is_connected()
+            || !self.subs.is_active(topic)
+            || !self.presence.needs_read(topic)
+        {
+            return;
+        }
+        let id = self
+            .requests
+            .register(RequestKind::PresenceSync(topic.to_owned()));
+        let msg = ClientMessage::Presence(client::PresenceQuery {
+            topic: topic.to_owned(),
+            r#ref: Some(id.wire_ref()),
+        });
+        match encode(&msg) {
+            Ok(frame) => {
+                // Kept to send it again after `RATE_LIMITED`.
+                self.requests.keep_frame(id, &frame);
+                self.send_frame(ctx, frame);
+                self.requests.sent(id, ctx.now);
+                self.presence.read_sent(topic, id);
+            }
+            Err(_) => {
+                self.requests.forget(id);
+            }
+        }
+    }
+
+    /// Tell each watching subscriber about each join and leave.
+    pub(super) fn report_members(&mut self, changes: impl IntoIterator<Item = MemberChange>) {
+        for c in changes {
+            for sub in c.subs {
+                self.actions.push_back(Action::MemberChanged {
+                    sub,
+                    change: c.change,
+                    event: c.event.clone(),
+                });
             }
         }
     }

@@ -35,6 +35,12 @@ pub enum RequestKind {
     Append,
     /// An application `read`.
     Read,
+    /// An application `presence`.
+    Presence,
+    /// An application `presence_stats`.
+    PresenceStats,
+    /// The SDK's own `presence` read of a watched topic (`onJoin`/`onLeave`).
+    PresenceSync(String),
     /// The SDK's own `subscribe` for these topics.
     Subscribe(Vec<String>),
     /// The SDK's own `unsubscribe`.
@@ -48,7 +54,12 @@ impl RequestKind {
     pub fn is_user(&self) -> bool {
         matches!(
             self,
-            RequestKind::Publish | RequestKind::History | RequestKind::Append | RequestKind::Read
+            RequestKind::Publish
+                | RequestKind::History
+                | RequestKind::Append
+                | RequestKind::Read
+                | RequestKind::Presence
+                | RequestKind::PresenceStats
         )
     }
 }
@@ -272,7 +283,11 @@ impl Requests {
                     p.deadline = None;
                     true
                 }
-                RequestKind::History | RequestKind::Append | RequestKind::Read => {
+                RequestKind::History
+                | RequestKind::Append
+                | RequestKind::Read
+                | RequestKind::Presence
+                | RequestKind::PresenceStats => {
                     failed.push(*id);
                     false
                 }

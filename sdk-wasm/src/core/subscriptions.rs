@@ -158,6 +158,13 @@ impl Subscriptions {
         self.topics.contains_key(topic)
     }
 
+    /// Whether the server confirmed `topic`'s subscription on the current socket.
+    pub fn is_active(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.status == Status::Active)
+    }
+
     /// The last delivered position of `topic`.
     pub fn position(&self, topic: &str) -> Option<&Position> {
         self.topics.get(topic)?.position.as_ref()

@@ -996,6 +996,280 @@ fn garbage_unknown_and_unrouted_frames_are_harmless() {
     assert!(matches!(out.as_slice(), [Action::Error(e)] if e.code() == "UNKNOWN"));
 }
 
+// ---- presence -----------------------------------------------------------------------------
+
+impl Shell {
+    /// Open the socket and say `connected` as connection `client_id`.
+    fn handshake_as(&mut self, client_id: &str) -> Vec<Action> {
+        let socket = self.socket();
+        let mut out = self.input(Input::SocketOpened(socket));
+        out.extend(self.frame(
+            json!({"type":"connected","client_id":client_id,"timestamp":"t","heartbeat_ms":25000}),
+        ));
+        out
+    }
+
+    fn watch(&mut self, sub: SubId) -> Vec<Action> {
+        let ctx = self.ctx();
+        self.core.watch_presence(ctx, sub);
+        self.drain()
+    }
+}
+
+/// `(sub, "+client_id")` for each join reported, `(sub, "-client_id")` for each leave.
+fn member_changes(actions: &[Action]) -> Vec<(SubId, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MemberChanged { sub, change, event } => {
+                let sign = if *change == Change::Join { "+" } else { "-" };
+                Some((*sub, format!("{sign}{}", event.client_id)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn member(client_id: &str, user: &str) -> Value {
+    json!({"client_id":client_id,"user":user,"info":{"name":user}})
+}
+
+fn join(topic: &str, client_id: &str, user: &str) -> Value {
+    json!({"type":"join","topic":topic,"client_id":client_id,"user":user,"info":{"name":user}})
+}
+
+fn leave(topic: &str, client_id: &str, user: &str) -> Value {
+    json!({"type":"leave","topic":topic,"client_id":client_id,"user":user,"info":null})
+}
+
+fn member_ids(s: &Shell, sub: SubId) -> Option<Vec<String>> {
+    s.core
+        .members(sub)
+        .map(|m| m.into_iter().map(|m| m.client_id).collect())
+}
+
+#[test]
+fn presence_and_presence_stats_resolve_and_settle_like_history() {
+    let mut s = Shell::with_token();
+    // Made offline: sent once connected.
+    let ctx = s.ctx();
+    let p = s.core.presence(ctx, "room").expect("presence");
+    let st = s.core.presence_stats(ctx, "room").expect("stats");
+    assert!(sent(&s.drain()).is_empty());
+    let frames = sent(&s.connect());
+    assert_eq!(
+        frames,
+        [
+            json!({"type":"presence","topic":"room","ref":p.wire_ref()}),
+            json!({"type":"presence_stats","topic":"room","ref":st.wire_ref()}),
+        ]
+    );
+    let out = s.frame(json!({"type":"presence","ref":p.wire_ref(),"topic":"room","members":[member("c2","bob")],"more":true}));
+    assert!(
+        matches!(&out[0], Action::Resolve { request, reply: Reply::Presence(r) }
+        if *request == p && r.more && r.members[0].user == "bob" && r.members[0].info.get() == r#"{"name":"bob"}"#)
+    );
+    let out = s.frame(
+        json!({"type":"presence_stats","ref":st.wire_ref(),"topic":"room","clients":3,"users":2}),
+    );
+    assert!(
+        matches!(&out[0], Action::Resolve { request, reply: Reply::PresenceStats(r) }
+        if *request == st && r.clients == 3 && r.users == 2)
+    );
+    // A topic without presence; requests in flight when the socket drops.
+    let ctx = s.ctx();
+    let off = s.core.presence(ctx, "plain").expect("presence");
+    let out = s.frame(
+        json!({"type":"error","code":"PRESENCE_DISABLED","message":"no","ref":off.wire_ref()}),
+    );
+    assert_eq!(rejected(&out), [(off, "PRESENCE_DISABLED")]);
+    let ctx = s.ctx();
+    let q = s.core.presence(ctx, "room").expect("presence");
+    let ctx = s.ctx();
+    let q2 = s.core.presence_stats(ctx, "room").expect("stats");
+    let out = s.close(1006);
+    assert_eq!(rejected(&out), [(q, "DISCONNECTED"), (q2, "DISCONNECTED")]);
+    let ctx = s.ctx();
+    assert_eq!(
+        s.core.presence(ctx, "").map_err(|e| e.code()).err(),
+        Some("INVALID_ARGUMENT")
+    );
+}
+
+#[test]
+fn a_watched_topic_is_read_once_active_and_joins_and_leaves_are_reported() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (a, out) = s.subscribe("room", None);
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    // Watching before the server confirmed the subscription: the read waits for it.
+    assert!(sent(&s.watch(a)).is_empty());
+    assert_eq!(member_ids(&s, a), None);
+    let out = s.frame(json!({"type":"subscribed","topics":["room"],"ref":r}));
+    let reads = sent_of(&out, "presence");
+    assert_eq!(reads.len(), 1, "{out:?}");
+    assert_eq!(reads[0]["topic"], "room");
+    let out = s.frame(json!({"type":"presence","ref":reads[0]["ref"],"topic":"room","members":[member("c1","alice"),member("c2","bob")]}));
+    assert!(member_changes(&out).is_empty(), "the baseline is silent");
+    assert_eq!(member_ids(&s, a), Some(vec!["c1".into(), "c2".into()]));
+    // A second subscriber of the topic watches too: no second read, it shares the roster.
+    let (b, _) = s.subscribe("room", None);
+    assert!(sent(&s.watch(b)).is_empty());
+    assert_eq!(member_ids(&s, b), member_ids(&s, a));
+    let out = s.frame(join("room", "c3", "carol"));
+    assert_eq!(member_changes(&out), [(a, "+c3".into()), (b, "+c3".into())]);
+    let Some(Action::MemberChanged { event, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (event.topic.as_str(), event.user.as_str(), event.info.get()),
+        ("room", "carol", r#"{"name":"carol"}"#)
+    );
+    assert!(member_changes(&s.frame(join("room", "c3", "carol"))).is_empty());
+    let out = s.frame(leave("room", "c2", "bob"));
+    assert_eq!(member_changes(&out), [(a, "-c2".into()), (b, "-c2".into())]);
+    // Joins of topics nobody watches (or that are not subscribed) are ignored.
+    assert!(s.frame(join("elsewhere", "c9", "zed")).is_empty());
+    // b leaves: a still hears; then a leaves too, and the topic's roster is gone.
+    let ctx = s.ctx();
+    s.core.unsubscribe(ctx, b);
+    s.drain();
+    assert_eq!(
+        member_changes(&s.frame(leave("room", "c3", "carol"))),
+        [(a, "-c3".into())]
+    );
+    let ctx = s.ctx();
+    s.core.unsubscribe(ctx, a);
+    s.drain();
+    assert_eq!(member_ids(&s, a), None);
+    assert!(s.frame(join("room", "c4", "dave")).is_empty());
+}
+
+#[test]
+fn watching_an_active_subscription_reads_at_once_and_the_reconnect_reports_the_difference() {
+    let mut s = Shell::with_token();
+    s.connect(); // as c1
+    let (a, out) = s.subscribe("room", None);
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    let out = s.frame(json!({"type":"subscribed","topics":["room"],"ref":r}));
+    assert!(sent_of(&out, "presence").is_empty(), "nobody watches yet");
+    let reads = sent_of(&s.watch(a), "presence");
+    assert_eq!(reads.len(), 1);
+    s.frame(
+        json!({"type":"presence","ref":reads[0]["ref"],"topic":"room",
+        "members":[member("c1","alice"),member("c2","bob"),member("c3","carol")]}),
+    );
+
+    // The connection drops. Meanwhile carol leaves, dave arrives, bob's tab reconnects as c5.
+    s.close(1006);
+    assert_eq!(
+        member_ids(&s, a).map(|m| m.len()),
+        Some(3),
+        "kept while away"
+    );
+    s.fire();
+    let out = s.handshake_as("c4");
+    let subscribe = sent_of(&out, "subscribe");
+    assert!(
+        sent_of(&out, "presence").is_empty(),
+        "not before the subscription is back"
+    );
+    let out = s.frame(json!({"type":"subscribed","topics":["room"],"ref":subscribe[0]["ref"]}));
+    let reads = sent_of(&out, "presence");
+    assert_eq!(reads.len(), 1, "read again once re-established");
+    // Live while the read is in flight: erin arrives (after the server's snapshot).
+    assert_eq!(
+        member_changes(&s.frame(join("room", "c6", "erin"))),
+        [(a, "+c6".into())]
+    );
+    let out = s.frame(json!({"type":"presence","ref":reads[0]["ref"],"topic":"room",
+        "members":[member("c2","bob"),member("c4","alice"),member("c5","bob"),member("c7","dave")]}));
+    assert_eq!(
+        member_changes(&out),
+        [(a, "-c3".into()), (a, "+c5".into()), (a, "+c7".into()),],
+        "c2 (bob's old tab) is still listed by the server, c1/c4 are us, c6 was already reported"
+    );
+    assert_eq!(
+        member_ids(&s, a),
+        Some(vec![
+            "c2".into(),
+            "c4".into(),
+            "c5".into(),
+            "c6".into(),
+            "c7".into()
+        ])
+    );
+    // The server notices bob's old tab: a live leave.
+    assert_eq!(
+        member_changes(&s.frame(leave("room", "c2", "bob"))),
+        [(a, "-c2".into())]
+    );
+}
+
+#[test]
+fn a_refused_presence_read_tells_the_watchers_and_the_subscription_lives_on() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (a, out) = s.subscribe("plain", None);
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    s.frame(json!({"type":"subscribed","topics":["plain"],"ref":r}));
+    let reads = sent_of(&s.watch(a), "presence");
+    let out = s.frame(json!({"type":"error","code":"PRESENCE_DISABLED","message":"no presence","ref":reads[0]["ref"]}));
+    assert!(
+        matches!(out.as_slice(), [Action::PresenceFailed { sub, error }] if *sub == a && error.code() == "PRESENCE_DISABLED"),
+        "{out:?}"
+    );
+    assert_eq!(member_ids(&s, a), None);
+    assert_eq!(delivered(&s.frame(msg("plain", None))), [(a, None)]);
+    // Not read again after a reconnect.
+    s.close(1006);
+    s.fire();
+    let out = s.open_and_handshake();
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    let out = s.frame(json!({"type":"subscribed","topics":["plain"],"ref":r}));
+    assert!(sent_of(&out, "presence").is_empty());
+}
+
+#[test]
+fn a_lost_or_rate_limited_presence_read_is_sent_again_and_a_refused_topic_stops_watching() {
+    let mut s = Shell::with_token();
+    s.connect();
+    let (a, out) = s.subscribe("room", None);
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    s.frame(json!({"type":"subscribed","topics":["room"],"ref":r}));
+    let first = sent_of(&s.watch(a), "presence");
+    // No answer within the request timeout: asked again.
+    s.advance(30_000);
+    let out = s.input(Input::TimerFired);
+    let again = sent_of(&out, "presence");
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert_ne!(again[0]["ref"], first[0]["ref"]);
+    // A late answer to the first one is not taken for the roster.
+    s.frame(json!({"type":"presence","ref":first[0]["ref"],"topic":"room","members":[member("c9","x")]}));
+    assert_eq!(member_ids(&s, a), None);
+    // RATE_LIMITED: the same read again after a delay.
+    let out = s.frame(
+        json!({"type":"error","code":"RATE_LIMITED","message":"slow","ref":again[0]["ref"]}),
+    );
+    assert!(
+        out.iter()
+            .all(|x| !matches!(x, Action::PresenceFailed { .. } | Action::Error(_)))
+    );
+    let out = s.fire();
+    assert_eq!(sent_of(&out, "presence"), again);
+    s.frame(json!({"type":"presence","ref":again[0]["ref"],"topic":"room","members":[member("c1","alice")]}));
+    assert_eq!(member_ids(&s, a), Some(vec!["c1".into()]));
+    // A subscription refused after a reconnect (the token lost the topic) ends the watching.
+    s.close(1006);
+    s.fire();
+    let out = s.open_and_handshake();
+    let r = sent_of(&out, "subscribe")[0]["ref"].clone();
+    let out = s.frame(json!({"type":"error","code":"FORBIDDEN","message":"no","ref":r}));
+    assert!(sent_of(&out, "presence").is_empty());
+    assert_eq!(member_ids(&s, a), None);
+    assert!(s.frame(join("room", "c2", "bob")).is_empty());
+}
+
 // ---- a long run against a simulated durable server ----------------------------------------
 
 /// A tiny xorshift generator: the test's dice, not the core's.

@@ -19,7 +19,7 @@ use super::browser::{self, Listener, Socket, SocketEvent, Timer};
 use super::convert;
 use super::types::*;
 use crate::core::{
-    Action, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
+    Action, Change, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
 };
 use tidings_protocol::server::{Events, Message};
 
@@ -50,6 +50,21 @@ pub(crate) struct Handlers {
     pub(crate) receiver: Receiver,
     pub(crate) on_recovery: Vec<Function>,
     pub(crate) on_error: Vec<Function>,
+    pub(crate) on_join: Vec<Function>,
+    pub(crate) on_leave: Vec<Function>,
+}
+
+impl Handlers {
+    /// `receiver` and no other callback yet.
+    pub(crate) fn new(receiver: Receiver) -> Self {
+        Handlers {
+            receiver,
+            on_recovery: Vec::new(),
+            on_error: Vec::new(),
+            on_join: Vec::new(),
+            on_leave: Vec::new(),
+        }
+    }
 }
 
 /// Who is waiting for a request's reply.
@@ -243,6 +258,34 @@ fn execute(shared: &SharedRef, action: Action) {
             let info = convert::recovery(&topic, recovered);
             for cb in cbs {
                 call1(&cb, &info);
+            }
+        }
+        Action::MemberChanged { sub, change, event } => {
+            let cbs = shared
+                .borrow()
+                .handlers
+                .get(&sub)
+                .map(|h| match change {
+                    Change::Join => h.on_join.clone(),
+                    Change::Leave => h.on_leave.clone(),
+                })
+                .unwrap_or_default();
+            let info = convert::to_js(&event);
+            for cb in cbs {
+                call1(&cb, &info);
+            }
+        }
+        Action::PresenceFailed { sub, error } => {
+            // The subscription lives on: only its error handlers hear about it.
+            let cbs = shared
+                .borrow()
+                .handlers
+                .get(&sub)
+                .map(|h| h.on_error.clone())
+                .unwrap_or_default();
+            let err = convert::error(&error);
+            for cb in cbs {
+                call1(&cb, &err);
             }
         }
         Action::SubscriptionFailed { sub, error } => {
@@ -473,6 +516,19 @@ impl TidingsClient {
             core.history(ctx, &topic, since, limit)
         })
         .unchecked_into()
+    }
+
+    /// Who is on presence topic `topic`: resolves with `{topic, members, more}` (`members`:
+    /// `{client_id, user, info}`; `more`: the topic has more members than one reply carries).
+    /// Rejects with code "PRESENCE_DISABLED" when the server keeps no presence for the topic.
+    pub fn presence(&self, topic: String) -> PresencePromise {
+        request_promise(&self.shared, |core, ctx| core.presence(ctx, &topic)).unchecked_into()
+    }
+
+    /// How many are on presence topic `topic`: resolves with `{topic, clients, users}`.
+    #[wasm_bindgen(js_name = presenceStats)]
+    pub fn presence_stats(&self, topic: String) -> PresenceStatsPromise {
+        request_promise(&self.shared, |core, ctx| core.presence_stats(ctx, &topic)).unchecked_into()
     }
 
     /// Close the connection for good: pending requests fail with code "CLOSED", and no

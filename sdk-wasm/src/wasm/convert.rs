@@ -198,6 +198,20 @@ pub fn reply(r: &Reply) -> JsValue {
             o
         }
         Reply::Events(e) => to_js(e),
+        Reply::Presence(p) => {
+            let o: JsValue = Object::new().into();
+            set(&o, "topic", &JsValue::from_str(&p.topic));
+            set(&o, "members", &to_js(&p.members));
+            set(&o, "more", &JsValue::from_bool(p.more));
+            o
+        }
+        Reply::PresenceStats(p) => {
+            let o: JsValue = Object::new().into();
+            set(&o, "topic", &JsValue::from_str(&p.topic));
+            set(&o, "clients", &JsValue::from_f64(p.clients as f64));
+            set(&o, "users", &JsValue::from_f64(p.users as f64));
+            o
+        }
     }
 }
 

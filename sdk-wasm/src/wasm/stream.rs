@@ -153,11 +153,7 @@ impl Follower for Cell {
             let s = self.borrow();
             (s.id.clone(), s.fold.resume_after())
         };
-        let handlers = Handlers {
-            receiver: Receiver::Stream(self.clone()),
-            on_recovery: Vec::new(),
-            on_error: Vec::new(),
-        };
+        let handlers = Handlers::new(Receiver::Stream(self.clone()));
         let since = Some(Position {
             offset: version,
             epoch: None,

@@ -10,7 +10,7 @@ use wasm_bindgen::prelude::*;
 use super::client::{Handlers, Receiver, Shared, TidingsClient, run, subscribe_with};
 use super::convert;
 use super::types::*;
-use crate::core::SubId;
+use crate::core::{Change, SubId};
 
 #[wasm_bindgen]
 impl TidingsClient {
@@ -25,11 +25,7 @@ impl TidingsClient {
         let options: JsValue = options.map_or(JsValue::UNDEFINED, Into::into);
         let explicit = convert::since(&options).map_err(|e| convert::error(&e))?;
         let since = explicit.or_else(|| self.shared.borrow().saved.get(&topic).cloned());
-        let handlers = Handlers {
-            receiver: Receiver::Js(handler.unchecked_into()),
-            on_recovery: Vec::new(),
-            on_error: Vec::new(),
-        };
+        let handlers = Handlers::new(Receiver::Js(handler.unchecked_into()));
         let id = subscribe_with(&self.shared, &topic, since, handlers)
             .map_err(|e| convert::error(&e))?;
         Ok(Subscription {
@@ -75,7 +71,9 @@ impl Subscription {
         }
     }
 
-    /// Call `handler(error)` if the server refuses the subscription.
+    /// Call `handler(error)` if the server refuses the subscription, or (with `onJoin` /
+    /// `onLeave`) the presence read of its topic (`PRESENCE_DISABLED`, `FORBIDDEN`: the
+    /// subscription itself lives on).
     #[wasm_bindgen(js_name = onError)]
     pub fn on_error(&self, handler: ErrorHandler) {
         if let Some(shared) = self.shared.upgrade()
@@ -83,5 +81,52 @@ impl Subscription {
         {
             h.on_error.push(handler.unchecked_into());
         }
+    }
+
+    /// Call `handler({topic, client_id, user, info})` when another connection subscribes to
+    /// this presence topic, including ones that arrived while this client was reconnecting.
+    #[wasm_bindgen(js_name = onJoin)]
+    pub fn on_join(&self, handler: MemberHandler) {
+        self.watch(handler, Change::Join);
+    }
+
+    /// Call `handler({topic, client_id, user, info})` when another connection leaves this
+    /// presence topic (unsubscribed or disconnected), including while this client was away.
+    #[wasm_bindgen(js_name = onLeave)]
+    pub fn on_leave(&self, handler: MemberHandler) {
+        self.watch(handler, Change::Leave);
+    }
+
+    /// The topic's members as the SDK knows them (`{client_id, user, info}`, this client's own
+    /// connection included), kept current by joins and leaves; `null` before an `onJoin` /
+    /// `onLeave` handler is attached and its first presence read is answered.
+    pub fn members(&self) -> MembersList {
+        let members = self
+            .shared
+            .upgrade()
+            .and_then(|shared| shared.borrow().core.members(self.id));
+        members
+            .map_or(JsValue::NULL, |m| convert::to_js(&m))
+            .unchecked_into()
+    }
+}
+
+impl Subscription {
+    /// Register a join or leave handler; the first one starts tracking the topic's members.
+    fn watch(&self, handler: MemberHandler, change: Change) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        {
+            let mut s = shared.borrow_mut();
+            let Some(h) = s.handlers.get_mut(&self.id) else {
+                return;
+            };
+            match change {
+                Change::Join => h.on_join.push(handler.unchecked_into()),
+                Change::Leave => h.on_leave.push(handler.unchecked_into()),
+            }
+        }
+        run(&shared, |core, ctx| core.watch_presence(ctx, self.id));
     }
 }

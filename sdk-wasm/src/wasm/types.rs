@@ -71,13 +71,41 @@ export interface RecoveryInfo {
   recovered: boolean;
 }
 
+/** A member of a presence topic: one connection subscribed to it (a user with two tabs is two). */
+export interface PresenceMember {
+  client_id: string;
+  /** The token's identity (`sub` or `user_id`). */
+  user: string;
+  /** The token's `info` claim, as it was (any JSON); null without one. */
+  info: any;
+}
+
+/** `onJoin` / `onLeave`: a member arrived on or left the subscription's topic. */
+export interface MemberEvent extends PresenceMember { topic: string }
+
+export interface PresencePage {
+  topic: string;
+  members: PresenceMember[];
+  /** true when the topic has more members than one reply carries (the server's
+   *  `--presence-max-members`): count them with `presenceStats`. */
+  more: boolean;
+}
+
+export interface PresenceStats {
+  topic: string;
+  /** Connections subscribed. */
+  clients: number;
+  /** Distinct users among them. */
+  users: number;
+}
+
 export interface StreamEvent { version: number; type: string; data: any; timestamp?: string }
 
 /** Every error the SDK raises: an Error with a stable code. */
 export interface TidingsError extends Error {
   code: "TIMEOUT" | "DISCONNECTED" | "CLOSED" | "OUTBOX_FULL" | "INVALID_ARGUMENT" | "UNAUTHORIZED"
       | "TOKEN_PROVIDER" | "VERSION_CONFLICT" | "RATE_LIMITED" | "FORBIDDEN" | "INVALID_TOPIC"
-      | "MESSAGE_TOO_LARGE" | "TOO_MANY_SUBSCRIPTIONS" | "UNAVAILABLE" | string;
+      | "MESSAGE_TOO_LARGE" | "TOO_MANY_SUBSCRIPTIONS" | "UNAVAILABLE" | "PRESENCE_DISABLED" | string;
   /** With VERSION_CONFLICT: the stream's actual version. */
   currentVersion?: number;
 }
@@ -103,6 +131,14 @@ extern "C" {
     pub type PublishPromise;
     #[wasm_bindgen(typescript_type = "Promise<HistoryPage>")]
     pub type HistoryPromise;
+    #[wasm_bindgen(typescript_type = "(event: MemberEvent) => void")]
+    pub type MemberHandler;
+    #[wasm_bindgen(typescript_type = "PresenceMember[] | null")]
+    pub type MembersList;
+    #[wasm_bindgen(typescript_type = "Promise<PresencePage>")]
+    pub type PresencePromise;
+    #[wasm_bindgen(typescript_type = "Promise<PresenceStats>")]
+    pub type PresenceStatsPromise;
     #[wasm_bindgen(typescript_type = "Promise<{ stream: string; version: number }>")]
     pub type AppendPromise;
     #[wasm_bindgen(typescript_type = "ConnectionState")]

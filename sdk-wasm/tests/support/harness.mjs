@@ -1,11 +1,13 @@
 // Test harness for the SDK's browser tests (used by scripts/test-browser).
 //
 // Starts `tidings serve` on a free port with the durable SQLite store in <state dir>/data (topics
-// matching `eph-*` stay ephemeral, for the at-most-once tests), and a small HTTP control server (CORS open) that the
+// matching `eph-*` stay ephemeral, for the at-most-once tests; topics matching `presence-*` keep
+// presence), and a small HTTP control server (CORS open) that the
 // wasm tests call to mint tokens and to kill / restart the server on the same port:
-//   GET /token?sub=NAME&ttl=SECONDS[&subscribe=GLOB,GLOB][&publish=GLOB,...]
+//   GET /token?sub=NAME&ttl=SECONDS[&subscribe=GLOB,GLOB][&publish=GLOB,...][&info=JSON]
 //                                    -> an HS256 JWT signed with the server's secret (a negative
-//                                       ttl gives an expired one; patterns restrict the token)
+//                                       ttl gives an expired one; patterns restrict the token;
+//                                       `info` becomes the token's `info` claim, parsed as JSON)
 //   GET /kill                        -> SIGKILL the server, answer once it has exited
 //   GET /start                       -> start it again on the same port and data dir, answer once listening
 //   GET /spawn?arg=A&arg=B...        -> start another server (memory store, same secret) with these
@@ -59,7 +61,8 @@ function start() {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, ['serve', '--bind', `127.0.0.1:${port}`, '--jwt-secret', secret,
       '--rate-limit', '10000', '--rate-burst', '10000',
-      '--store', 'sqlite', '--data-dir', dataDir, '--ephemeral-topic', 'eph-*'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      '--store', 'sqlite', '--data-dir', dataDir, '--ephemeral-topic', 'eph-*',
+      '--presence-topic', 'presence-*'], { stdio: ['ignore', 'ignore', 'pipe'] });
     server = child;
     writeFileSync(pidFile, String(child.pid));
     let buf = '';
@@ -91,10 +94,10 @@ function kill() {
 }
 
 const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
-function token(sub, ttl, patterns = {}) {
+function token(sub, ttl, claims = {}) {
   const now = Math.floor(Date.now() / 1000);
   const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, iat: now, exp: now + ttl, ...patterns });
+  const body = b64({ sub, iat: now, exp: now + ttl, ...claims });
   const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
   return `${head}.${body}.${sig}`;
 }
@@ -107,12 +110,16 @@ const control = createServer(async (req, res) => {
   };
   try {
     if (url.pathname === '/token') {
-      const patterns = {};
+      const claims = {};
       for (const claim of ['subscribe', 'publish']) {
         const v = url.searchParams.get(claim);
-        if (v !== null) patterns[claim] = v.split(',');
+        if (v !== null) claims[claim] = v.split(',');
       }
-      reply(200, token(url.searchParams.get('sub') || 'tester', Number(url.searchParams.get('ttl') || 3600), patterns));
+      const info = url.searchParams.get('info');
+      if (info !== null) {
+        try { claims.info = JSON.parse(info); } catch (e) { return reply(400, `info is not JSON: ${e}`); }
+      }
+      reply(200, token(url.searchParams.get('sub') || 'tester', Number(url.searchParams.get('ttl') || 3600), claims));
     } else if (url.pathname === '/spawn') {
       reply(200, await spawnExtra(url.searchParams.getAll('arg')));
     } else if (url.pathname === '/cluster') {
