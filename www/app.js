@@ -1,5 +1,6 @@
-// Tidings demo page: a live chat on the durable topic `chat` and an event-sourced Order
-// stream, over the WebAssembly SDK. Plain ES modules, no build step.
+// Tidings demo page: a live chat on the durable topic `chat` (with who's online) and an
+// event-sourced Order stream, over the WebAssembly SDK, plus a network panel that shows what
+// the SDK does when the connection goes away. Plain ES modules, no build step.
 //
 // The SDK does the hard parts (reconnect with backoff, replay with `since`, offline outbox,
 // dedup by offset, token refresh); this file only renders what it reports. `window.__demo`
@@ -9,6 +10,10 @@ import init, { TidingsClient } from "./pkg/tidings.js";
 import {
   initialOrder, reduceOrder, commands, allowed, formatMoney, toCents, CATALOGUE,
 } from "./order.js";
+import { installSocketTap, LiveChart } from "./network.js";
+
+// Before the SDK opens its first socket: lets the network panel drop it or play offline.
+const tap = installSocketTap();
 
 const params = new URLSearchParams(location.search);
 const TOPIC = "chat";
@@ -63,6 +68,25 @@ const app = {
   errors: [],
   reconnected: false,
   recoveryMark: { received: 0, lastOffset: 0 },
+  net: {
+    transitions: [], // {from, to, at (ms, performance.now), wall (Date)}
+    since: 0, // when the current state began (performance.now)
+    peak: 0, // the outbox's largest size since it was last empty
+    flush: null, // {size, at}: a reconnect found the outbox non-empty; cleared once it drains
+    flushed: null, // {size, ms}: the last flush after a reconnect
+    bucket: { msgs: 0, rtts: [] }, // the current second's traffic
+    lastRtt: null,
+    lastRate: 0,
+    probing: false,
+  },
+  presence: {
+    status: "loading", // loading | ok | unsupported | disabled | error
+    members: new Map(), // client_id -> {client_id, user, info}
+    events: [], // {kind: join|leave, user, name, client_id, at}
+    more: false,
+    stats: null, // {clients, users} when the member list was cut short
+    error: null,
+  },
   order: {
     id: params.get("order") || "order-1",
     stream: null,
@@ -89,14 +113,33 @@ function onState(gen, state) {
   if (gen !== app.gen) return;
   const prev = app.state;
   app.state = state;
+  recordTransition(prev, state);
   if (state === "connected") {
     app.connects += 1;
     if (app.connects > 1) app.reconnected = true; // the next recovery is this reconnect's
+    const queued = outboxSize();
+    if (queued > 0) app.net.flush = { size: queued, at: performance.now() };
+    // The SDK reads the roster again by itself and reports the differences; this page reads
+    // it too (one request), for its own list when the SDK has no `members()`.
+    if (app.connects > 1 && app.ready && app.presence.status !== "unsupported") loadPresence(gen);
   }
   if (prev === "connected" && state !== "connected") markRecovery();
   renderConnection();
   renderChat(); // pending pills say "queued offline" or "sending…"
+  renderNetwork();
+  renderPresence(); // the list is "last known" while disconnected
 }
+
+function recordTransition(from, to) {
+  const now = performance.now();
+  const n = app.net;
+  n.transitions.push({ from, to, at: now, wall: new Date(), stayed: from ? now - n.since : null });
+  if (n.transitions.length > 50) n.transitions.shift();
+  n.since = now;
+}
+
+/** Publishes the SDK holds without an ack (all of this page's publishes go through publish()). */
+const outboxSize = () => app.outgoing.filter((o) => o.status === "pending").length;
 
 /** Remember where the chat was, to count what a recovery replays. */
 function markRecovery() {
@@ -112,6 +155,7 @@ function lastKnownOffset() {
 
 function onChatMessage(gen, msg) {
   if (gen !== app.gen) return;
+  app.net.bucket.msgs += 1;
   app.received.push(msg.offset ?? null);
   addMessage(msg, false);
   scheduleRender();
@@ -132,23 +176,46 @@ function addMessage(msg, fromHistory) {
   if (app.oldest == null || msg.offset < app.oldest) app.oldest = msg.offset;
 }
 
-function onRecovery(gen, info) {
+async function onRecovery(gen, info) {
   if (gen !== app.gen) return;
+  const mark = app.recoveryMark;
+  const kind = app.reconnected ? "reconnect" : "gap";
+  app.reconnected = false;
+  const r = {
+    topic: info.topic, recovered: info.recovered, kind, replayed: 0, after: mark.lastOffset,
+    first: null, last: null, settled: false, at: new Date().toISOString(),
+  };
   // Messages delivered since the disconnect (or the previous recovery), not counting our own
   // publishes coming back (the server does not echo them live; a replay includes them).
-  const mine = new Set(app.outgoing.map((o) => o.offset).filter((o) => o != null));
-  const since = app.received.slice(app.recoveryMark.received);
-  const replayed = since.filter((o) => !mine.has(o)).length;
-  const kind = app.reconnected ? "reconnect" : "gap";
-  const r = { topic: info.topic, recovered: info.recovered, kind, replayed, after: app.recoveryMark.lastOffset, at: new Date().toISOString() };
-  app.reconnected = false;
-  markRecovery();
+  const count = () => {
+    const mine = new Set(app.outgoing.map((o) => o.offset).filter((o) => o != null));
+    const since = app.received.slice(mark.received).filter((o) => !mine.has(o));
+    const offsets = since.filter((o) => o != null);
+    Object.assign(r, {
+      replayed: since.length,
+      first: offsets.length ? Math.min(...offsets) : null,
+      last: offsets.length ? Math.max(...offsets) : null,
+    });
+  };
+  count();
   app.recoveries.push(r);
+  renderNetwork();
   if (!info.recovered) {
     notice("warn", `Part of “${info.topic}” could not be replayed (trimmed or reset on the server). Reloading recent history.`);
     loadLatest(app.gen).catch((e) => notice("bad", `History failed: ${e.message}`));
-  } else if (kind === "reconnect") {
-    const n = `${replayed} missed message${replayed === 1 ? "" : "s"}`;
+  }
+  // The server may confirm the subscription before it sends the replay: after one round trip
+  // on this connection (answered in order) every replayed message has been handled.
+  try {
+    await app.client.history(TOPIC, { limit: 0 });
+  } catch { /* dropped again: count what arrived */ }
+  if (gen !== app.gen) return;
+  count();
+  r.settled = true;
+  if (app.recoveryMark === mark) markRecovery();
+  renderNetwork();
+  if (info.recovered && kind === "reconnect") {
+    const n = `${r.replayed} missed message${r.replayed === 1 ? "" : "s"}`;
     notice("ok", `Reconnected — “${info.topic}” recovered after #${r.after}: ${n} replayed, nothing lost.`);
   } // a repaired gap on a live connection is routine: recorded, not announced
 }
@@ -167,6 +234,9 @@ async function connect(name) {
     outgoing: [], oldest: null, recoveries: [], reconnected: false,
     recoveryMark: { received: 0, lastOffset: 0 },
   });
+  Object.assign(app.net, { transitions: [], peak: 0, flush: null, flushed: null, probing: false });
+  recordTransition(null, "connecting");
+  Object.assign(app.presence, { status: "loading", members: new Map(), events: [], more: false, stats: null, error: null });
   sessionStorage.setItem("tidings-demo-name", name);
   $("name-input").value = name;
   renderConnection();
@@ -187,13 +257,82 @@ async function connect(name) {
   });
   app.chatSub = client.subscribe(TOPIC, (m) => onChatMessage(gen, m));
   app.chatSub.onRecovery((info) => onRecovery(gen, info));
-  app.chatSub.onError((e) => gen === app.gen && notice("bad", `Chat subscription refused: ${e.code}`));
+  app.chatSub.onError((e) => {
+    if (gen !== app.gen) return;
+    // With join/leave handlers, a refused presence read lands here too; the chat lives on.
+    if (e.code === "PRESENCE_DISABLED") {
+      Object.assign(app.presence, { status: "disabled", error: { code: e.code, message: e.message } });
+      renderPresence();
+    } else {
+      notice("bad", `Chat subscription refused: ${e.code}`);
+    }
+  });
+  // Who's online: the members of `chat` are its subscribers. After a reconnect the SDK reads
+  // the list again and reports the differences as joins and leaves.
+  if (typeof app.chatSub.onJoin === "function") {
+    app.chatSub.onJoin((m) => onPresence(gen, "join", m));
+    app.chatSub.onLeave((m) => onPresence(gen, "leave", m));
+  }
   openOrder(app.order.id);
+  renderNetwork();
+  renderPresence();
   await loadLatest(gen);
   if (gen === app.gen) {
     app.ready = true;
     renderChat();
   }
+  await loadPresence(gen);
+}
+
+// ---- who's online -------------------------------------------------------------------------
+
+const displayName = (m) => (m.info && typeof m.info === "object" && typeof m.info.name === "string" && m.info.name)
+  || m.user;
+
+/** Who is on the chat: the SDK's roster (`sub.members()`, this tab's current connection
+ *  included, kept by joins, leaves and the re-read after a reconnect) when this SDK build has
+ *  it and has read it, else this page's copy (a presence read plus the joins and leaves). */
+function presenceMembers() {
+  const roster = typeof app.chatSub?.members === "function" ? app.chatSub.members() : null;
+  return roster ?? [...app.presence.members.values()];
+}
+
+/** The current members. Asked after the subscription is in place (loadLatest's replies came
+ *  back, and the server answers a connection's frames in order), so the list includes this
+ *  tab, and every join or leave after it arrives as an event. */
+async function loadPresence(gen) {
+  const p = app.presence;
+  if (typeof app.client.presence !== "function") {
+    p.status = "unsupported";
+    renderPresence();
+    return;
+  }
+  try {
+    const res = await app.client.presence(TOPIC);
+    if (gen !== app.gen) return;
+    p.members = new Map(res.members.map((m) => [m.client_id, m]));
+    p.more = !!res.more;
+    p.status = "ok";
+    p.stats = p.more ? await app.client.presenceStats(TOPIC) : null;
+  } catch (e) {
+    if (gen !== app.gen) return;
+    // Dropped mid-read: the next connection reads again; keep what is shown.
+    if (p.status === "ok" && ["DISCONNECTED", "CLOSED", "TIMEOUT"].includes(e.code)) return;
+    p.status = e.code === "PRESENCE_DISABLED" ? "disabled" : "error";
+    p.error = { code: e.code, message: e.message };
+  }
+  if (gen === app.gen) renderPresence();
+}
+
+function onPresence(gen, kind, m) {
+  if (gen !== app.gen || m.topic !== TOPIC) return;
+  const p = app.presence;
+  if (kind === "join") p.members.set(m.client_id, { client_id: m.client_id, user: m.user, info: m.info });
+  else p.members.delete(m.client_id);
+  if (p.stats) p.stats = { ...p.stats, clients: Math.max(0, p.stats.clients + (kind === "join" ? 1 : -1)) };
+  p.events.push({ kind, user: m.user, name: displayName(m), client_id: m.client_id, at: new Date() });
+  if (p.events.length > 30) p.events.shift();
+  renderPresence();
 }
 
 /** The last INITIAL_HISTORY stored messages. Answered after the subscription is in place
@@ -228,10 +367,15 @@ function publish(text) {
   const entry = { key: `local-${shortId()}${Date.now()}`, text, name: app.name, status: "pending", at: new Date().toISOString() };
   app.outgoing.push(entry);
   const gen = app.gen;
+  // A round-trip sample only when sent on a live connection and acked on the same one (an ack
+  // for a queued publish measures the outage, not the network).
+  const sent = { at: performance.now(), conn: app.state === "connected" ? app.connects : -1 };
   scheduleRender();
   const p = app.client.publish(TOPIC, { text, name: app.name }).then(
     (ack) => {
       if (gen !== app.gen) return ack;
+      if (sent.conn === app.connects && app.state === "connected") rttSample(performance.now() - sent.at);
+      app.net.bucket.msgs += 1; // our own messages are not echoed back live
       entry.status = "acked";
       entry.offset = ack.offset;
       if (ack.offset != null && !app.messages.has(ack.offset)) {
@@ -348,6 +492,7 @@ function scheduleRender() {
   queueMicrotask(() => {
     renderQueued = false;
     renderChat();
+    renderNetwork();
   });
 }
 
@@ -464,6 +609,163 @@ function renderOrder() {
   }
 }
 
+const clock = (d) => `${d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false })}.${String(d.getMilliseconds()).padStart(3, "0")}`;
+const secs = (ms) => (ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+function renderNetwork() {
+  const n = app.net;
+  // The state machine: the current node lit, each node with how often it was entered.
+  for (const li of $("machine").children) {
+    const node = li.dataset.node;
+    const entered = n.transitions.filter((t) => t.to === node).length;
+    li.classList.toggle("active", node === app.state);
+    li.dataset.count = entered ? `×${entered}` : "";
+  }
+  $("transitions").replaceChildren(...n.transitions.slice(-8).reverse().map((t) => el("li", { "data-to": t.to },
+    el("time", { text: clock(t.wall) }),
+    el("span", { class: "arrow" }, t.from ? `${t.from} → ` : "new client → ", el("strong", { text: t.to })),
+    el("span", { class: "muted", text: t.stayed != null ? `after ${secs(t.stayed)}` : "" }))));
+
+  // Outbox: fills while offline, drains after the reconnect.
+  const size = outboxSize();
+  if (size === 0) {
+    if (n.flush) n.flushed = { size: n.flush.size, ms: performance.now() - n.flush.at };
+    n.flush = null;
+    n.peak = 0;
+  }
+  n.peak = Math.max(n.peak, size);
+  $("outbox-count").textContent = String(size);
+  $("outbox-plural").textContent = size === 1 ? "" : "es";
+  $("network").dataset.outbox = String(size);
+  const bar = $("outbox-bar");
+  bar.style.width = `${n.peak ? (100 * size) / n.peak : 0}%`;
+  bar.dataset.state = app.state === "connected" ? "flushing" : "filling";
+  let note;
+  if (size > 0 && app.state !== "connected") note = `Filling: ${plural(size, "publish", "publishes")} queued while ${app.state}; sent once the connection is back.`;
+  else if (size > 0) note = `Flushing: ${size} of ${n.peak} waiting for the server's ack.`;
+  else if (n.flushed) note = `Flushed: ${plural(n.flushed.size, "queued publish", "queued publishes")} acknowledged ${secs(n.flushed.ms)} after reconnecting.`;
+  else note = "Empty: every publish is acknowledged.";
+  $("outbox-note").textContent = note;
+
+  // Recovery: what the last reconnect replayed.
+  const last = app.recoveries[app.recoveries.length - 1];
+  const describe = (r) => {
+    const range = r.first != null ? (r.first === r.last ? ` (#${r.first})` : ` (#${r.first}–#${r.last})`) : "";
+    return `${plural(r.replayed, "message")} replayed after #${r.after}${range}`;
+  };
+  const lastBox = $("recovery-last");
+  if (last) {
+    lastBox.className = `small recovery ${last.recovered ? "ok" : "bad"}`;
+    lastBox.replaceChildren(
+      el("code", { text: `recovered: ${last.recovered}` }), " · ", describe(last), ` · ${last.kind}`);
+  } else {
+    lastBox.className = "small muted";
+    lastBox.textContent = "No reconnect yet: drop the connection to see the replay.";
+  }
+  $("recovery-list").replaceChildren(...app.recoveries.slice(-5, -1).reverse().map((r) => el("li", { class: r.recovered ? "ok" : "bad" },
+    el("time", { text: clock(new Date(r.at)) }), ` recovered: ${r.recovered} · ${describe(r)}`)));
+
+  const offline = tap.offline;
+  const btn = $("net-offline");
+  btn.textContent = offline ? "Back online" : "Go offline";
+  btn.setAttribute("aria-pressed", String(offline));
+  $("net-drop").disabled = offline || app.state !== "connected";
+  $("network").dataset.offline = String(offline);
+}
+
+function renderPresence() {
+  const p = app.presence;
+  const box = $("presence");
+  box.dataset.status = p.status;
+  box.classList.toggle("stale", p.status === "ok" && app.state !== "connected");
+  const list = $("presence-list");
+  const count = $("presence-count");
+  if (p.status !== "ok") {
+    const text = {
+      loading: "Loading…",
+      unsupported: "This SDK build has no presence API yet (client.presence).",
+      disabled: "Presence is off on this server: start it with --presence-topic chat.",
+      error: `Presence failed: ${p.error?.code ?? ""} ${p.error?.message ?? ""}`,
+    }[p.status];
+    count.textContent = text;
+    list.replaceChildren();
+  } else {
+    // One row per person; a person with two tabs is two members (two connections).
+    const people = new Map();
+    const members = presenceMembers();
+    for (const m of members) {
+      const row = people.get(m.user) ?? { user: m.user, name: displayName(m), tabs: 0 };
+      row.tabs += 1;
+      people.set(m.user, row);
+    }
+    const rows = [...people.values()].sort((a, b) => (b.user === app.name) - (a.user === app.name) || a.name.localeCompare(b.name));
+    const tabs = members.length;
+    count.textContent = p.stats
+      ? `${plural(p.stats.users, "person", "people")} · ${plural(p.stats.clients, "tab")} (showing ${tabs})`
+      : `${plural(rows.length, "person", "people")} · ${plural(tabs, "tab")}${app.state === "connected" ? "" : " · last known"}`;
+    list.replaceChildren(...rows.map((r) => el("li", { "data-user": r.user, class: r.user === app.name ? "me" : "" },
+      el("span", { class: "dot", ariaHidden: "true" }),
+      el("span", { class: "name", text: r.name, title: r.user }),
+      r.user === app.name ? el("span", { class: "muted small", text: "(you)" }) : null,
+      r.tabs > 1 ? el("span", { class: "pill offset", text: `${r.tabs} tabs` }) : null)));
+    if (rows.length === 0) list.replaceChildren(el("li", { class: "muted small", text: "Nobody yet." }));
+  }
+  // A leave then a join of the same person within seconds is one connection replaced by the
+  // next (a dropped connection, a server restart): shown as one "reconnected" line.
+  const shown = [];
+  for (const e of p.events) {
+    const prev = shown[shown.length - 1];
+    if (e.kind === "join" && prev?.kind === "leave" && prev.user === e.user && e.at - prev.at < 10_000) {
+      shown[shown.length - 1] = { ...e, kind: "rejoin" };
+    } else {
+      shown.push(e);
+    }
+  }
+  const verb = { join: " joined", leave: " left", rejoin: " reconnected" };
+  $("presence-events").replaceChildren(...shown.slice(-6).reverse().map((e) => el("li", { "data-kind": e.kind },
+    el("time", { text: time(e.at.toISOString()) }), " ",
+    el("strong", { text: e.name }), verb[e.kind])));
+  if (p.events.length === 0) $("presence-events").replaceChildren(el("li", { class: "muted", text: "No joins or leaves yet." }));
+}
+
+// ---- live traffic -------------------------------------------------------------------------
+
+let chart = null;
+
+function rttSample(ms) {
+  app.net.bucket.rtts.push(ms);
+}
+
+/** Once a second: close the current second's bucket and draw it. */
+function tick() {
+  const n = app.net;
+  const { msgs, rtts } = n.bucket;
+  n.bucket = { msgs: 0, rtts: [] };
+  const rtt = rtts.length ? rtts.reduce((a, b) => a + b, 0) / rtts.length : null;
+  n.lastRate = msgs;
+  if (rtt != null) n.lastRtt = rtt;
+  chart?.push({ rate: msgs, rtt, state: app.state });
+  $("rate-now").textContent = String(msgs);
+  $("rtt-now").textContent = n.lastRtt == null ? "—" : `${n.lastRtt < 10 ? n.lastRtt.toFixed(1) : Math.round(n.lastRtt)} ms`;
+}
+
+/** Every 2 s on a live connection: one request/reply (an empty history page), timed. */
+async function probe() {
+  const n = app.net;
+  if (n.probing || app.state !== "connected" || !app.client || document.visibilityState !== "visible") return;
+  const gen = app.gen;
+  const conn = app.connects;
+  n.probing = true;
+  const t0 = performance.now();
+  try {
+    await app.client.history(TOPIC, { limit: 0 });
+    if (gen === app.gen && conn === app.connects) rttSample(performance.now() - t0);
+  } catch { /* dropped mid-probe: no sample */ } finally {
+    if (gen === app.gen) n.probing = false;
+  }
+}
+
 function notice(kind, text) {
   const box = $("notices");
   const n = el("div", { class: `notice ${kind}`, "data-kind": kind },
@@ -504,6 +806,16 @@ function wire() {
   $("cmd-confirm").addEventListener("click", () => orderCommand("confirm"));
   $("cmd-ship").addEventListener("click", () => orderCommand("ship", { tracking_number: `TRK-${shortId().toUpperCase()}${Math.floor(Math.random() * 9000 + 1000)}` }));
   $("cmd-cancel").addEventListener("click", () => orderCommand("cancel", { reason: $("cancel-reason").value.trim() || "no reason given" }));
+  $("net-drop").addEventListener("click", () => {
+    if (tap.drop() === 0) notice("warn", "No open connection to drop.");
+  });
+  $("net-offline").addEventListener("click", () => {
+    tap.setOffline(!tap.offline);
+    renderNetwork();
+  });
+  chart = new LiveChart($("chart"));
+  setInterval(tick, 1000);
+  setInterval(probe, 2000);
 }
 
 // The test hook: read-only views of the page's state plus the actions a user can take.
@@ -521,6 +833,21 @@ window.__demo = {
   get outgoing() { return app.outgoing.map(({ text, status, offset }) => ({ text, status, offset })); },
   get recoveries() { return [...app.recoveries]; },
   get errors() { return [...app.errors]; },
+  net: {
+    get transitions() { return app.net.transitions.map((t) => [t.from, t.to]); },
+    get outbox() { return outboxSize(); },
+    get offline() { return tap.offline; },
+    get lastRtt() { return app.net.lastRtt; },
+    drop: () => tap.drop(),
+    setOffline: (v) => { tap.setOffline(v); renderNetwork(); },
+  },
+  presence: {
+    get status() { return app.presence.status; },
+    /** Names shown in "who's online", sorted. */
+    get users() { return [...new Set(presenceMembers().map(displayName))].sort(); },
+    get members() { return presenceMembers().map(({ client_id, user, info }) => ({ client_id, user, info })); },
+    get events() { return app.presence.events.map(({ kind, user, name }) => ({ kind, user, name })); },
+  },
   publish: (text) => publish(text).then((ack) => ({ offset: ack.offset, epoch: ack.epoch })),
   setName: (name) => connect(name),
   loadEarlier: () => loadEarlier(),
@@ -543,6 +870,8 @@ async function main() {
   wire();
   renderConnection();
   renderOrder();
+  renderNetwork();
+  renderPresence();
   try {
     await init();
   } catch (e) {

@@ -6,6 +6,9 @@
 // Every wait is an awaited condition with a timeout (page.waitForFunction, or `until` polling
 // a condition in Node); nothing sleeps to synchronise. Prints `N passed, M failed` last.
 //
+// The server runs with `--presence-topic chat` (as scripts/start does): the chat's "who's
+// online" lists the topic's subscribers, named by the dev token's `info` claim.
+//
 // Environment: TIDINGS_BIN (server binary), E2E_DIR (temp dir: data/, shots/, profile/,
 // server.log, server.pid), E2E_PORT, WWW_DIR.
 
@@ -55,7 +58,7 @@ async function startServer() {
   const out = fs.openSync(LOG, "a");
   const child = spawn(BIN, [
     "serve", "--dev", "--static-dir", WWW, "--bind", `127.0.0.1:${PORT}`,
-    "--store", "sqlite", "--data-dir", DATA, "--log", "info",
+    "--store", "sqlite", "--data-dir", DATA, "--log", "info", "--presence-topic", "chat",
   ], { stdio: ["ignore", out, out] });
   fs.closeSync(out);
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
@@ -108,6 +111,8 @@ async function waitFor(page, what, fn, arg, timeout = T.short) {
       if (!d) return "no __demo";
       return JSON.stringify({
         state: d.state, reconnects: d.reconnects, ready: d.ready, received: d.received,
+        presence: { status: d.presence?.status, users: d.presence?.users, events: d.presence?.events },
+        net: { transitions: d.net?.transitions, outbox: d.net?.outbox, offline: d.net?.offline },
         outgoing: d.outgoing.filter((o) => o.status !== "acked"), errors: d.errors,
         order: { id: d.order.id, version: d.order.version, state: d.order.state, conflicts: d.order.conflicts, lastError: d.order.lastError },
       });
@@ -143,6 +148,24 @@ check("server starts; pages A (alice) and B (bob) connect and load", async () =>
   assertEqual(await demo(A, () => __demo.name), "alice", "A's name");
   assertEqual(await demo(B, () => document.getElementById("conn-state").textContent), "connected", "B's badge");
   assertEqual(await demo(B, () => document.visibilityState), "visible", "B's visibility");
+});
+
+/** The names in `page`'s "who's online" list (DOM), sorted. */
+const shownUsers = (page) => demo(page, () => [...document.querySelectorAll("#presence-list li[data-user] .name")].map((n) => n.textContent).sort());
+/** Wait until `page` lists exactly `users` (names), in its state and on screen. */
+async function waitForUsers(page, label, users, timeout = T.short) {
+  await waitFor(page, `${label}'s who's online to be ${users.join(", ")}`, (want) => __demo.presence.status === "ok"
+    && JSON.stringify(__demo.presence.users) === JSON.stringify(want)
+    && JSON.stringify([...document.querySelectorAll("#presence-list li[data-user] .name")].map((n) => n.textContent).sort()) === JSON.stringify(want),
+  [...users].sort(), timeout);
+}
+
+check("who's online: A and B list each other, named by the token's info claim", async () => {
+  await waitForUsers(pages.A, "A", ["alice", "bob"]);
+  await waitForUsers(pages.B, "B", ["alice", "bob"]);
+  const members = await demo(pages.A, () => __demo.presence.members);
+  assertEqual(members.map((m) => [m.user, m.info?.name]).sort(), [["alice", "alice"], ["bob", "bob"]], "A's members (user, info.name)");
+  assert(await demo(pages.A, () => document.querySelector('#presence-list li[data-user="alice"]').textContent.includes("(you)")), "A marks alice as you");
 });
 
 check("A sends 20 chat messages, each acknowledged with offsets 1..20", async () => {
@@ -184,6 +207,12 @@ check("server restarted on the same port and data dir: both pages reconnect by t
   }
 });
 
+check("after the restart, who's online is read again: A and B still list alice and bob", async () => {
+  await waitForUsers(pages.A, "A", ["alice", "bob"], T.reconnect);
+  await waitForUsers(pages.B, "B", ["alice", "bob"], T.reconnect);
+  assertEqual((await demo(pages.A, () => __demo.presence.members)).length, 2, "A's member count (no stale connection)");
+});
+
 check("A's 10 pending messages are acknowledged with offsets 21..30", async () => {
   await waitFor(pages.A, "A's outbox to drain", () => __demo.pending.length === 0
     && document.querySelectorAll('#messages li[data-status="pending"]').length === 0, null, T.reconnect);
@@ -208,6 +237,9 @@ check("B has all 30 messages exactly once, in offset order, and a 'recovered' no
 
 check("a new page (carol, 10 on load) pages back with 'Load earlier messages'", async () => {
   const C = await openPage("C", `name=carol&initial=10&page=10&order=${ORDER}`);
+  await waitForUsers(pages.A, "A", ["alice", "bob", "carol"]);
+  await waitFor(pages.A, "A to log carol's join", () => __demo.presence.events.some((e) => e.kind === "join" && e.user === "carol")
+    && [...document.querySelectorAll('#presence-events li[data-kind="join"]')].some((li) => /carol joined/.test(li.textContent)));
   const offsets = () => demo(C, () => __demo.messages.map((m) => m.offset));
   assertEqual(await offsets(), range(21, 30), "carol's first view");
   await C.click("#load-history");
@@ -230,6 +262,17 @@ check("renaming carol to dave fetches a new token; dave's message from the compo
   await waitFor(C, "dave's message to be acked", () => __demo.outgoing.some((o) => o.status === "acked" && o.offset === 31));
   await waitFor(pages.B, "B to get #31 from dave", () => __demo.messages.some((m) => m.offset === 31 && m.name === "dave" && m.text === "hi from dave"));
   assertEqual(await demo(pages.B, () => __demo.received), range(1, 31), "B's delivered offsets");
+  await waitForUsers(pages.B, "B", ["alice", "bob", "dave"]);
+});
+
+check("dave closes his tab: A and B see him leave who's online", async () => {
+  await pages.C.context().close();
+  delete pages.C;
+  for (const label of ["A", "B"]) {
+    await waitForUsers(pages[label], label, ["alice", "bob"]);
+    await waitFor(pages[label], `${label} to log dave's leave`, () => __demo.presence.events.some((e) => e.kind === "leave" && e.user === "dave")
+      && [...document.querySelectorAll('#presence-events li[data-kind="leave"]')].some((li) => /dave left/.test(li.textContent)));
+  }
 });
 
 check("order board: A creates an order and adds items with the buttons; B sees the folded state live", async () => {
@@ -287,6 +330,9 @@ check("two tabs race: a stale tab's append shows VERSION_CONFLICT, then catches 
     });
   });
   await waitFor(D, "D at version 4", () => __demo.order.version === 4);
+  // bob now has two tabs: one person, two members.
+  await waitFor(pages.A, "A to show bob with 2 tabs", () => __demo.presence.members.filter((m) => m.user === "bob").length === 2
+    && /2 tabs/.test(document.querySelector('#presence-list li[data-user="bob"]')?.textContent ?? ""));
   hold = true;
   const r = await demo(pages.A, () => __demo.order.command("add_item", { id: "cap-a", name: "Cap", price: 15, quantity: 1 }));
   assertEqual(r, { ok: true, version: 5 }, "A's append");
@@ -326,6 +372,37 @@ check("order lifecycle: confirm and ship on A; refused commands are disabled; B 
   await waitFor(A, "A at version 8", () => __demo.order.version === 8);
   const refused = await demo(A, () => __demo.order.command("cancel", { reason: "too late" }));
   assertEqual([refused.ok, refused.message], [false, "cannot cancel an order that is shipped"], "cancel after ship");
+});
+
+check("network panel: 'Drop connection' shows reconnecting then connected, with the recovery", async () => {
+  const B = pages.B;
+  const before = await demo(B, () => ({ transitions: __demo.net.transitions.length, recoveries: __demo.recoveries.length }));
+  await B.click("#net-drop");
+  await waitFor(B, "B's state machine to go connected → reconnecting → connected", (n) => {
+    const t = __demo.net.transitions.slice(n).map((x) => x.join(">"));
+    const down = t.indexOf("connected>reconnecting");
+    return down >= 0 && t.indexOf("reconnecting>connected", down) > down
+      && document.querySelector("#machine li.active")?.dataset.node === "connected"
+      && /reconnecting → connected/.test(document.querySelector("#transitions li")?.textContent ?? "");
+  }, before.transitions, T.reconnect);
+  await waitFor(B, "B's recovery after the drop", (n) => __demo.recoveries.length > n && __demo.recoveries[__demo.recoveries.length - 1].settled
+    && /recovered: true/.test(document.getElementById("recovery-last").textContent), before.recoveries);
+});
+
+check("network panel: offline fills the outbox, back online flushes it; A gets the messages", async () => {
+  const B = pages.B;
+  const latest = await demo(pages.A, () => __demo.roundTrip());
+  await B.click("#net-offline");
+  await waitFor(B, "B offline and not connected", () => __demo.net.offline && __demo.state !== "connected"
+    && document.getElementById("net-offline").getAttribute("aria-pressed") === "true");
+  await demo(B, () => { __demo.publish("offline one"); __demo.publish("offline two"); });
+  await waitFor(B, "B's outbox to show 2", () => __demo.net.outbox === 2
+    && document.getElementById("outbox-count").textContent === "2" && /Filling/.test(document.getElementById("outbox-note").textContent));
+  await B.click("#net-offline");
+  await waitFor(B, "B's outbox to flush", () => __demo.state === "connected" && __demo.net.outbox === 0
+    && document.getElementById("outbox-count").textContent === "0" && /Flushed: 2 queued publishes/.test(document.getElementById("outbox-note").textContent), null, T.reconnect);
+  await waitFor(pages.A, "A to get both", (n) => __demo.messages.filter((m) => m.offset > n && /^offline (one|two)$/.test(m.text)).length === 2, latest);
+  assert(await demo(B, () => __demo.net.lastRtt != null && /\d ms$/.test(document.getElementById("rtt-now").textContent)), "B shows a round-trip time");
 });
 
 check("screenshots of every page; no uncaught page errors", async () => {
