@@ -19,6 +19,8 @@ struct Running {
     child: Child,
     addr: String,
     lines: mpsc::Receiver<String>,
+    /// What it logged up to "listening on".
+    startup: Vec<String>,
 }
 
 impl Drop for Running {
@@ -30,12 +32,27 @@ impl Drop for Running {
 
 /// Start `tidings serve` on a free port (memory store unless `args` choose one).
 fn serve(args: &[&str]) -> Running {
+    launch(Command::new(BIN), args)
+}
+
+/// [`serve`] in a process that may open at most `files` files (`ulimit -n`).
+fn serve_with_open_files(files: u32, args: &[&str]) -> Running {
+    let mut shell = Command::new("sh");
+    shell.args([
+        "-c",
+        &format!("ulimit -n {files} && exec \"$0\" \"$@\""),
+        BIN,
+    ]);
+    launch(shell, args)
+}
+
+fn launch(mut command: Command, args: &[&str]) -> Running {
     let store: &[&str] = if args.contains(&"--store") {
         &[]
     } else {
         &["--store", "memory"]
     };
-    let mut child = Command::new(BIN)
+    let mut child = command
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .args(store)
@@ -58,6 +75,7 @@ fn serve(args: &[&str]) -> Running {
         child,
         addr: String::new(),
         lines,
+        startup: Vec::new(),
     };
     let line = running.wait_for_line("listening on");
     running.addr = line
@@ -76,7 +94,7 @@ impl Running {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(_) => continue,
+                Ok(line) => self.startup.push(line),
                 Err(e) => panic!("no line containing {needle:?}: {e}"),
             }
         }
@@ -175,6 +193,7 @@ async fn dev_mode_logs_a_working_token_and_env_vars_configure() {
             child,
             addr: String::new(),
             lines,
+            startup: Vec::new(),
         }
     };
     let line = server.wait_for_line("dev token");
@@ -481,6 +500,7 @@ async fn dev_mode_never_signs_with_a_real_secret() {
             child,
             addr: String::new(),
             lines,
+            startup: Vec::new(),
         }
     };
     server.wait_for_line("ignoring the configured JWT keys");
@@ -716,4 +736,66 @@ async fn orchestrator_probes_answer() {
         "the template's /health is unchanged"
     );
     assert!(health["commit"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn connections_past_the_open_file_limit_get_a_503_not_a_failed_accept() {
+    // 200 open files: the server keeps max(64, 200/32) for itself and holds 136 WebSockets.
+    let server = serve_with_open_files(
+        200,
+        &["--jwt-secret", SECRET, "--max-connections", "100000"],
+    );
+    assert!(
+        server
+            .startup
+            .iter()
+            .any(|l| l.contains("holding at most 136 connections")),
+        "{:?}",
+        server.startup
+    );
+    let token = mint("many");
+    let mut held = Vec::new();
+    for i in 0..136 {
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.url(&token)))
+                .await
+                .expect("connect in time")
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        held.push(ws);
+    }
+    // One more is refused with a clear HTTP status while the server keeps serving.
+    assert_eq!(Client::refused(server.url(&token)).await, 503);
+    // Closed connections free their slots: a new one gets in once the server saw them go.
+    for mut ws in held.drain(100..) {
+        ws.close(None).await.expect("close");
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut again = loop {
+        match tokio_tungstenite::connect_async(server.url(&token)).await {
+            Ok((ws, _)) => break ws,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no room after closing 36: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    again
+        .send(Message::Text(r#"{"type":"ping","ref":"p"}"#.into()))
+        .await
+        .expect("send");
+    loop {
+        let frame = tokio::time::timeout(WAIT, again.next())
+            .await
+            .expect("a reply in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = frame
+            && matches!(
+                ServerMessage::decode(t.as_str()),
+                Ok(ServerMessage::Pong(_))
+            )
+        {
+            break;
+        }
+    }
 }

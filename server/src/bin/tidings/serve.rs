@@ -12,7 +12,7 @@ use crate::settings::{ServeArgs, Settings};
 /// Run the server with `args` until a signal, then shut down gracefully.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let Settings {
-        config,
+        mut config,
         bind,
         log,
         dev_secret,
@@ -23,6 +23,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     tracing::info!("tidings {}", tidings_server::VERSION);
+    fit_to_open_files(&mut config);
     if dev_secret.is_some() && (args.jwt_secret.is_some() || !args.jwt_public_keys.is_empty()) {
         tracing::warn!("dev mode: ignoring the configured JWT keys, using a throwaway secret");
     }
@@ -59,6 +60,37 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Raise the soft open-file limit to the hard one (as Go's runtime does at start) and keep
+/// `max_connections` under what it allows, leaving room for the listener, the store, Redis
+/// and connections that are not (yet) WebSockets. The connection past the limit then gets an
+/// HTTP 503 like any over the limit, instead of an `accept` failing with `EMFILE`.
+fn fit_to_open_files(config: &mut tidings_server::Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return;
+        }
+    };
+    let reserve = (limit / 32).max(64);
+    let room = usize::try_from(limit.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if config.max_connections > room {
+        tracing::warn!(
+            "max_connections {} needs more than the {limit} open files this process may have; \
+             holding at most {room} connections (raise LimitNOFILE / ulimit -n for more)",
+            config.max_connections
+        );
+        config.max_connections = room;
+    } else {
+        tracing::info!(
+            "open-file limit {limit}: room for max_connections {}",
+            config.max_connections
+        );
+    }
 }
 
 fn announce_dev(addr: SocketAddr, secret: &str) -> anyhow::Result<()> {
