@@ -213,7 +213,8 @@ pub enum Incoming {
 /// Classifies a frame, taking a fast path for the common case.
 ///
 /// The fast path applies to a frame that starts with `{"type":"message"` and contains the
-/// bench payload exactly as the publisher wrote it (`{"p":N,"s":N,"t":N,...`): Tidings
+/// bench payload exactly as the publisher wrote it (`{"p":N,"s":N,"t":N,...`, or
+/// `{"p":N,"s":N,"t":N,"i":N,...` when paced): Tidings
 /// forwards `data` byte for byte and the template re-serializes it without spaces. Anything
 /// else goes through the general (serde) parse, so a server that formats differently is only
 /// slower to measure, never mismeasured.
@@ -231,7 +232,8 @@ pub fn classify(text: &str) -> Incoming {
     }
 }
 
-/// Finds `{"p":P,"s":S,"t":T` in `text` and reads the three numbers.
+/// Finds `{"p":P,"s":S,"t":T` (and `,"i":I` right after, if there) in `text` and reads the
+/// numbers.
 fn fast_bench_data(text: &str) -> Option<BenchData> {
     let b = text.as_bytes();
     let mut i = text.find(r#"{"p":"#)? + 5;
@@ -240,12 +242,18 @@ fn fast_bench_data(text: &str) -> Option<BenchData> {
     let s = read_u64(b, &mut i)?;
     expect(b, &mut i, br#","t":"#)?;
     let t = read_u64(b, &mut i)?;
+    let intended = if expect(b, &mut i, br#","i":"#).is_some() {
+        Some(read_u64(b, &mut i)?)
+    } else {
+        None
+    };
     // The number must end here, not run into an exponent or a fraction.
     matches!(b.get(i), Some(b',' | b'}')).then_some(())?;
     Some(BenchData {
         p: u32::try_from(p).ok()?,
         s,
         t,
+        i: intended,
     })
 }
 
@@ -273,8 +281,12 @@ pub struct BenchData {
     pub p: u32,
     /// Sequence number within that publisher, from 0.
     pub s: u64,
-    /// Send time in nanoseconds since the bench started.
+    /// When the frame was actually written, nanoseconds since the bench started.
     pub t: u64,
+    /// When it was meant to be written (paced runs only: the intended send time on the
+    /// `--rate` schedule, which `t` may trail), nanoseconds since the bench started.
+    #[serde(default)]
+    pub i: Option<u64>,
 }
 
 /// `{"type":"subscribe","topics":[topic]}`.
@@ -329,6 +341,17 @@ impl PublishFrames {
 
     /// The frame for sequence number `seq` sent at `t_ns`.
     pub fn frame(&self, seq: u64, t_ns: u64) -> String {
+        self.frame_with(seq, t_ns, None)
+    }
+
+    /// The frame for sequence number `seq` sent at `t_ns` that was due at `intended_ns`
+    /// (payload `{"p":P,"s":seq,"t":t_ns,"i":intended_ns,"x":"..."}`).
+    pub fn paced_frame(&self, seq: u64, t_ns: u64, intended_ns: u64) -> String {
+        self.frame_with(seq, t_ns, Some(intended_ns))
+    }
+
+    /// The frame, with an intended send time in the payload if there is one.
+    fn frame_with(&self, seq: u64, t_ns: u64, intended_ns: Option<u64>) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(self.prefix.len() + self.payload_bytes + 32);
         out.push_str(&self.prefix);
@@ -340,11 +363,11 @@ impl PublishFrames {
         }
         out.push_str(r#""data":"#);
         let data_start = out.len();
-        let _ = write!(
-            out,
-            r#"{{"p":{},"s":{seq},"t":{t_ns},"x":""#,
-            self.publisher
-        );
+        let _ = write!(out, r#"{{"p":{},"s":{seq},"t":{t_ns},"#, self.publisher);
+        if let Some(i) = intended_ns {
+            let _ = write!(out, r#""i":{i},"#);
+        }
+        out.push_str(r#""x":""#);
         let used = out.len() - data_start + 2; // the closing `"}`
         for _ in used..self.payload_bytes {
             out.push('x');
@@ -442,8 +465,32 @@ mod tests {
             );
             let env = Envelope::parse(&delivered).expect("envelope");
             assert_eq!(env.kind, "message");
-            assert_eq!(env.data, Some(BenchData { p: 3, s: seq, t }));
+            assert_eq!(
+                env.data,
+                Some(BenchData {
+                    p: 3,
+                    s: seq,
+                    t,
+                    i: None
+                })
+            );
         }
+        // Paced: the intended send time rides along, and the size is still the one asked for.
+        let frame = f.paced_frame(7, 2_000_500, 2_000_000);
+        let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(v["data"].to_string().len(), 100, "{frame}");
+        let delivered = format!(r#"{{"type":"message","topic":"t","data":{}}}"#, v["data"]);
+        let want = BenchData {
+            p: 3,
+            s: 7,
+            t: 2_000_500,
+            i: Some(2_000_000),
+        };
+        assert_eq!(classify(&delivered), Incoming::Message(Some(want)));
+        assert_eq!(
+            Envelope::parse(&delivered).expect("envelope").data,
+            Some(want)
+        );
         // A payload too small for the header is as small as it can be.
         let tiny = PublishFrames::new("t", 0, 1).frame(1, 1);
         assert!(serde_json::from_str::<serde_json::Value>(&tiny).is_ok());
@@ -455,6 +502,10 @@ mod tests {
             // Tidings-style (extra fields) and template-style frames.
             r#"{"type":"message","topic":"t","data":{"p":2,"s":41,"t":123456789,"x":"xxxx"},"from":"u","timestamp":1,"offset":9}"#,
             r#"{"type":"message","topic":"t","data":{"p":0,"s":0,"t":1,"x":""},"from":"u","timestamp":"2026-01-01T00:00:00"}"#,
+            // Paced: with the intended send time.
+            r#"{"type":"message","topic":"t","data":{"p":1,"s":5,"t":1200,"i":1000,"x":"xx"},"from":"u"}"#,
+            r#"{"type":"message","data":{"p":1,"s":5,"t":1200,"i":1000}}"#,
+            r#"{"type":"message","data":{"p":1,"s":5,"t":1200,"i":1e3}}"#,
             // Spaces: the fast path does not apply, the general parse does.
             r#"{"type": "message", "topic": "t", "data": {"p": 1, "s": 7, "t": 9, "x": ""}}"#,
             // Field order other than the bench's own: general parse.
@@ -480,7 +531,17 @@ mod tests {
             Incoming::Message(Some(BenchData {
                 p: 2,
                 s: 41,
-                t: 123456789
+                t: 123456789,
+                i: None
+            }))
+        );
+        assert_eq!(
+            classify(frames[2]),
+            Incoming::Message(Some(BenchData {
+                p: 1,
+                s: 5,
+                t: 1200,
+                i: Some(1000)
             }))
         );
         assert_eq!(read_u64(b"99999999999999999999999", &mut 0), None);

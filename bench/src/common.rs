@@ -100,6 +100,14 @@ impl Run {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The moment `ns` nanoseconds after the run started (for sleeping until a time on the
+    /// run clock); far in the future if that is past what `Instant` can hold.
+    pub fn instant_at(&self, ns: u64) -> Instant {
+        self.start
+            .checked_add(Duration::from_nanos(ns))
+            .unwrap_or_else(|| self.start + Duration::from_secs(100 * 365 * 86_400))
+    }
+
     /// Connection options for the `i`th connection: source address round-robin over
     /// `--source-ips` (or `default_sources`), and `config` or the default buffer sizes.
     pub fn connect_options(

@@ -9,13 +9,22 @@
 //! template has none): a publisher may run at most `window` messages ahead of the average
 //! subscriber. That keeps every server's queues bounded without any server-specific feature.
 //!
+//! Latency runs from when a message was meant to be sent to when a subscriber parsed it. With
+//! `--rate R` each message has an intended send time on an evenly spaced schedule
+//! ([`stats::Schedule`]); a publisher that falls behind (the window is full, the socket pushes
+//! back, the bench is descheduled) sends late but never skips, and the delay counts as latency:
+//! the correction for coordinated omission, as in wrk2. The payload carries both the intended
+//! and the actual send time, so the report also gives the service time (from the actual send)
+//! and how far the publishers ran behind. Without `--rate` there is no schedule to be behind
+//! and latency is service time only.
+//!
 //! Subscribers connect to `--url`, publishers to `--publish-url` (default: the same). Give two
 //! nodes of one cluster (e.g. two `tidings --redis-url` on one Redis) to measure cross-node
 //! fan-out: every delivery then travels publisher -> node 1 -> store / Redis -> node 2 ->
 //! subscriber, and `--server-pid P1,P2` adds up both nodes' CPU.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -23,7 +32,7 @@ use clap::Args;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Barrier, Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,7 +40,7 @@ use crate::client::{self, Envelope, Incoming, PublishFrames, Ws};
 use crate::common::{
     ErrorTally, Run, emit, extend, fmt_opt, health_stores, opt_r3, parse_targets, r3,
 };
-use crate::stats::{self, LatencySummary, SeqTracker};
+use crate::stats::{self, LatencySummary, Schedule, SeqTracker};
 
 /// Options of `fanout`.
 #[derive(Debug, Clone, Args)]
@@ -53,6 +62,8 @@ pub struct FanoutArgs {
     pub payload_bytes: usize,
 
     /// Target publish rate in messages/s over all publishers; 0 = as fast as the window allows.
+    /// With a rate, latency is measured from each message's intended send time on that
+    /// schedule (corrected for coordinated omission); without, from the actual send.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
 
@@ -125,8 +136,11 @@ impl Flow {
 struct SubResult {
     /// One tracker per publisher.
     trackers: Vec<SeqTracker>,
-    /// End-to-end latency samples, ns.
+    /// End-to-end latency samples, ns: from the intended send time when paced, else from the
+    /// actual one.
     latency: hdrhistogram::Histogram<u64>,
+    /// Service time samples of paced messages, ns: from the actual send time.
+    service: hdrhistogram::Histogram<u64>,
     /// When its last bench message arrived (ns since run start).
     last_ns: u64,
     /// Messages without bench data or from an unknown publisher.
@@ -158,6 +172,10 @@ struct PubResult {
     sent: u64,
     /// Why it stopped.
     end: PubEnd,
+    /// How late each message went out against its intended send time, ns (paced only).
+    lag: hdrhistogram::Histogram<u64>,
+    /// Messages that were due by the time it stopped but not sent (paced only).
+    behind: u64,
     /// The write half, kept open so the server does not see the publisher leave early.
     _sink: Option<SplitSink<Ws, Message>>,
     /// Counts `error` frames (e.g. RATE_LIMITED) sent to the publisher into [`Flow`].
@@ -168,6 +186,9 @@ struct PubResult {
 pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
     if a.subscribers == 0 || a.publishers == 0 {
         bail!("need at least one subscriber and one publisher");
+    }
+    if !a.rate.is_finite() {
+        bail!("--rate must be a finite number of messages/s (0: as fast as possible)");
     }
     let topic = a
         .topic
@@ -237,6 +258,11 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         ..Flow::default()
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Every task first sets itself up (histograms, the pacer thread) and meets the others
+    // here; only then does the clock start, so setting up is not counted as publishers
+    // running behind. `go` then carries the publishers' start and deadline.
+    let ready = Arc::new(Barrier::new(subs.len() + pubs.len() + 1));
+    let (go_tx, go_rx) = watch::channel(None);
     let sub_tasks: Vec<JoinHandle<SubResult>> = subs
         .into_iter()
         .map(|ws| {
@@ -246,12 +272,10 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
                 flow.clone(),
                 stop_rx.clone(),
                 per_pub.clone(),
+                ready.clone(),
             ))
         })
         .collect();
-    let probe = run.probe();
-    let pub_start_ns = run.now_ns();
-    let deadline = Instant::now() + Duration::from_secs_f64(a.duration.max(0.0));
     let pub_tasks: Vec<JoinHandle<PubResult>> = pubs
         .into_iter()
         .enumerate()
@@ -266,10 +290,20 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
                 flow.clone(),
                 n_subs,
                 window,
-                deadline,
+                ready.clone(),
+                go_rx.clone(),
             ))
         })
         .collect();
+    ready.wait().await;
+    let probe = run.probe();
+    let pub_start_ns = run.now_ns();
+    // `as` saturates: a huge --duration is "no deadline".
+    let deadline_ns = pub_start_ns.saturating_add((a.duration.max(0.0) * 1e9) as u64);
+    let _ = go_tx.send(Some(Go {
+        start_ns: pub_start_ns,
+        deadline_ns,
+    }));
     let mut pub_results = Vec::with_capacity(pub_tasks.len());
     for t in pub_tasks {
         pub_results.push(t.await?);
@@ -312,6 +346,11 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         results.push(t.await?);
     }
     let sent: Vec<u64> = pub_results.iter().map(|p| p.sent).collect();
+    let mut send_lag = stats::new_histogram();
+    for p in &pub_results {
+        let _ = send_lag.add(&p.lag);
+    }
+    let behind: u64 = pub_results.iter().map(|p| p.behind).sum();
     let ends: Vec<PubEnd> = pub_results.iter().map(|p| p.end).collect();
     for p in pub_results {
         p.reader.abort();
@@ -322,12 +361,14 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
     // Add up.
     let counts = stats::total_counts(results.iter().map(|r| r.trackers.as_slice()), &sent);
     let mut latency = stats::new_histogram();
+    let mut service = stats::new_histogram();
     let mut last_ns = pub_start_ns;
     let (mut foreign, mut parse_errors, mut sub_errors, mut closed) = (0, 0, 0, 0);
     let mut close_reasons = ErrorTally::default();
     for r in &results {
         // Same bounds on both sides, so adding cannot fail.
         let _ = latency.add(&r.latency);
+        let _ = service.add(&r.service);
         last_ns = last_ns.max(r.last_ns);
         foreign += r.foreign;
         parse_errors += r.parse_errors;
@@ -339,6 +380,29 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
     }
     let elapsed = (last_ns - pub_start_ns) as f64 / 1e9;
     let lat = LatencySummary::from_ns(&latency);
+    let paced = a.rate > 0.0;
+    // Unpaced, latency is the service time: one histogram for both.
+    let service = if paced {
+        LatencySummary::from_ns(&service)
+    } else {
+        lat
+    };
+    let lag = LatencySummary::from_ns(&send_lag);
+    let latency_lines = if paced {
+        vec![
+            format!("  latency (from intended send) {}", lat.line()),
+            format!("  service time (from actual send) {}", service.line()),
+            format!(
+                "  publishers behind schedule (actual - intended send) {}; due but unsent at stop {behind}",
+                lag.line()
+            ),
+        ]
+    } else {
+        vec![format!(
+            "  latency = service time (from actual send; no --rate, no intended schedule) {}",
+            lat.line()
+        )]
+    };
     let delivered_per_sec = stats::per_sec(counts.delivered, elapsed);
     let cpu_per_msg = stats::cpu_us_per(reading.server_cpu_ms, counts.delivered);
     let end_of = |e: PubEnd| ends.iter().filter(|&&x| x == e).count();
@@ -367,7 +431,9 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
             "  delivered {} of {} in {elapsed:.2} s = {delivered_per_sec:.0} msg/s; lost {}, duplicated {}, out of order {}",
             counts.delivered, counts.expected, counts.lost, counts.duplicated, counts.out_of_order
         ),
-        format!("  latency {}", lat.line()),
+    ];
+    summary.extend(latency_lines);
+    summary.extend([
         format!(
             "  server CPU {} = {} per delivered message; bench CPU {}",
             fmt_opt(reading.server_cpu_ms, "ms"),
@@ -378,7 +444,7 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
             "  errors: connect {}, rate limited {rate_limited}, other to publishers {pub_errors}, to subscribers {sub_errors}, subscribers closed early {closed}, unparseable {parse_errors}",
             connect_errors.total()
         ),
-    ];
+    ]);
     summary.extend(reading.cluster_line(counts.delivered, "delivered message"));
     if a.publish_url.is_some() {
         summary.push(format!(
@@ -433,6 +499,19 @@ pub async fn run(run: Arc<Run>, a: FanoutArgs) -> Result<()> {
         "parse_errors": parse_errors,
     });
     let mut extra = reading.cluster_json(counts.delivered, "msg");
+    // `latency_us` is measured from the intended send time when paced, else from the actual
+    // one; `service_time_us` always from the actual one (the same numbers when unpaced).
+    extra.insert(
+        "latency_from".into(),
+        json!(if paced {
+            "intended_send"
+        } else {
+            "actual_send"
+        }),
+    );
+    extra.insert("service_time_us".into(), json!(service));
+    extra.insert("send_lag_us".into(), json!(paced.then_some(lag)));
+    extra.insert("due_unsent".into(), json!(paced.then_some(behind)));
     extra.insert(
         "publish_url".into(),
         json!(a.publish_url.as_deref().unwrap_or(run.args.url.as_str())),
@@ -451,16 +530,19 @@ async fn subscriber(
     flow: Arc<Flow>,
     mut stop: watch::Receiver<bool>,
     per_pub: Vec<u64>,
+    ready: Arc<Barrier>,
 ) -> SubResult {
     let mut r = SubResult {
         trackers: per_pub.iter().map(|&n| SeqTracker::new(n)).collect(),
         latency: stats::new_histogram(),
+        service: stats::new_histogram(),
         last_ns: 0,
         foreign: 0,
         parse_errors: 0,
         errors: 0,
         closed: None,
     };
+    ready.wait().await;
     // Created once: polling a fresh `changed()` per frame would take the watch channel's
     // lock on every delivery, shared by all subscribers.
     let stopped = stop.changed();
@@ -478,7 +560,15 @@ async fn subscriber(
                 Incoming::Message(Some(d)) if (d.p as usize) < r.trackers.len() => {
                     let now = run.now_ns();
                     r.trackers[d.p as usize].record(d.s);
-                    r.latency.saturating_record(now.saturating_sub(d.t).max(1));
+                    let service = now.saturating_sub(d.t).max(1);
+                    match d.i {
+                        Some(intended) => {
+                            r.latency
+                                .saturating_record(now.saturating_sub(intended).max(1));
+                            r.service.saturating_record(service);
+                        }
+                        None => r.latency.saturating_record(service),
+                    }
                     r.last_ns = now;
                     flow.delivered_one();
                 }
@@ -505,7 +595,27 @@ async fn subscriber(
     r
 }
 
-/// One publisher: sends its share, paced by `--rate` or the window, bounded by `deadline`.
+/// When publishing starts and stops, ns on the run clock: sent to the publishers once every
+/// task is ready.
+#[derive(Debug, Clone, Copy)]
+struct Go {
+    /// Publishing starts.
+    start_ns: u64,
+    /// Publishing stops (`--duration` after the start).
+    deadline_ns: u64,
+}
+
+/// How long after the start a paced publisher's first slot is: time for the `go` signal to wake
+/// it, so that is not counted as it running behind.
+const PACE_LEAD_NS: u64 = 1_000_000;
+
+/// One publisher: sets up, waits at `ready` and for `go`, then sends its share, paced by
+/// `--rate` or the window, until the deadline.
+///
+/// Paced, message `seq` is due at its [`Schedule`] time; it is sent then or, if the publisher is
+/// behind (the window was full, a write blocked), as soon as possible after, never skipped:
+/// messages that fell due meanwhile go out back to back (flushed every `--batch`), each
+/// carrying its intended send time for the subscribers to measure from.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     ws: Ws,
@@ -517,7 +627,8 @@ async fn publisher(
     flow: Arc<Flow>,
     n_subs: u64,
     window: u64,
-    deadline: Instant,
+    ready: Arc<Barrier>,
+    mut go: watch::Receiver<Option<Go>>,
 ) -> PubResult {
     let (mut sink, stream) = ws.split();
     let reader = tokio::spawn(count_errors(stream, flow.clone()));
@@ -525,12 +636,33 @@ async fn publisher(
     if a.ids {
         frames = frames.with_ids(&format!("r{}", run.run_id));
     }
-    // Per-publisher interval between messages when paced.
-    let interval = (a.rate > 0.0).then(|| a.publishers as f64 / a.rate);
+    let mut lag = stats::new_histogram();
+    ready.wait().await;
+    // `run` sends `go` right after the barrier and keeps the sender until the end; should it
+    // not, the deadline is now.
+    let Go {
+        start_ns,
+        deadline_ns,
+    } = go
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|g| *g)
+        .unwrap_or(Go {
+            start_ns: run.now_ns(),
+            deadline_ns: run.now_ns(),
+        });
+    let schedule = Schedule::new(
+        start_ns + PACE_LEAD_NS,
+        a.rate,
+        a.publishers as u64,
+        u64::from(idx),
+    );
+    let pacer = schedule.map(|sched| Pacer::start(idx, run.clone(), sched, count, deadline_ns));
+    let deadline = run.instant_at(deadline_ns);
     let low_water = window - window / 4;
     let stall = Duration::from_secs_f64(a.stall_timeout.max(0.1));
     let batch = a.batch.max(1);
-    let start = Instant::now();
     let mut seq = 0u64;
     let mut unflushed = 0usize;
     let in_flight = || {
@@ -546,14 +678,23 @@ async fn publisher(
         if Instant::now() >= deadline {
             break PubEnd::Deadline;
         }
-        if let Some(iv) = interval {
-            let due = start + Duration::from_secs_f64(seq as f64 * iv);
-            if due > Instant::now() {
+        if let Some(sched) = &schedule {
+            let due_ns = sched.intended_ns(seq);
+            if due_ns > run.now_ns() {
+                // Not due yet: whatever is fed goes out now, then wait for the slot.
                 if unflushed > 0 && sink.flush().await.is_err() {
                     break PubEnd::Failed;
                 }
                 unflushed = 0;
-                tokio::time::sleep_until(due.min(deadline).into()).await;
+                // The pacer's wake-up, or tokio's timer (late, but a fallback) if it is missed.
+                let wake = tokio::time::sleep_until(run.instant_at(due_ns).min(deadline).into());
+                match &pacer {
+                    Some(p) => tokio::select! {
+                        _ = p.notify.notified() => {}
+                        _ = wake => {}
+                    },
+                    None => wake.await,
+                }
                 continue;
             }
         }
@@ -593,26 +734,97 @@ async fn publisher(
                 }
             }
         }
-        let frame = frames.frame(seq, run.now_ns());
+        let now = run.now_ns();
+        let frame = match &schedule {
+            Some(sched) => {
+                lag.saturating_record(sched.lag_ns(seq, now));
+                frames.paced_frame(seq, now, sched.intended_ns(seq))
+            }
+            None => frames.frame(seq, now),
+        };
         if sink.feed(Message::text(frame)).await.is_err() {
             break PubEnd::Failed;
         }
         seq += 1;
         flow.sent.fetch_add(1, Ordering::SeqCst);
         unflushed += 1;
-        if interval.is_some() || unflushed >= batch {
+        // Paced, a message on time is flushed before the wait for the next slot above; only
+        // a catch-up run of overdue messages reaches the batch size.
+        if unflushed >= batch {
             if sink.flush().await.is_err() {
                 break PubEnd::Failed;
             }
             unflushed = 0;
         }
     };
+    drop(pacer);
     let ok = sink.flush().await.is_ok();
+    // Due by the time it stopped (at most the deadline, at most its share) but never sent.
+    let behind = schedule.map_or(0, |sched| {
+        sched
+            .due_by(run.now_ns().min(deadline_ns))
+            .min(count)
+            .saturating_sub(seq)
+    });
     PubResult {
         sent: seq,
         end: if ok { end } else { PubEnd::Failed },
+        lag,
+        behind,
         _sink: Some(sink),
         reader,
+    }
+}
+
+/// Wakes a paced publisher at its intended send times, more precisely than tokio's timer.
+///
+/// tokio's timer works in 1 ms ticks and rounds a deadline up to the next one (and the poller's
+/// timeout up again), so a publisher sleeping on it would send most messages 1-2 ms after
+/// their intended time, and with latency measured from that time the bench's own timer would
+/// be counted as the server's latency. Instead a plain thread sleeps to each slot
+/// (`nanosleep`, tens of µs of slack) and notifies the publisher; the publisher still sets a
+/// tokio timer as a fallback. The thread ends after the last slot, at the deadline, or soon
+/// after the pacer is dropped.
+struct Pacer {
+    /// One permit per slot reached (at most one stored): "look at the time again".
+    notify: Arc<Notify>,
+    /// Set on drop: the thread stops at its next wake-up (within 50 ms).
+    stop: Arc<AtomicBool>,
+}
+
+impl Pacer {
+    /// Starts the thread for `count` messages on `sched`, none at or after `deadline_ns`. If
+    /// the thread cannot be started the publisher falls back to tokio's timer alone.
+    fn start(idx: u32, run: Arc<Run>, sched: Schedule, count: u64, deadline_ns: u64) -> Self {
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, st) = (notify.clone(), stop.clone());
+        let _ = std::thread::Builder::new()
+            .name(format!("pacer-{idx}"))
+            .spawn(move || {
+                let mut seq = 0;
+                while seq < count && !st.load(Ordering::Relaxed) {
+                    let due = sched.intended_ns(seq);
+                    if due >= deadline_ns {
+                        break;
+                    }
+                    let now = run.now_ns();
+                    if due > now {
+                        // In slices, so a dropped pacer at a low rate does not linger.
+                        std::thread::sleep(Duration::from_nanos((due - now).min(50_000_000)));
+                        continue;
+                    }
+                    n.notify_one();
+                    seq += 1;
+                }
+            });
+        Pacer { notify, stop }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Pure bookkeeping: which sequence numbers a subscriber saw, and latency percentiles.
+//! Pure bookkeeping: which sequence numbers a subscriber saw, latency percentiles, and when a
+//! paced publisher's messages are due.
 //!
 //! No I/O and no clocks here, so the accounting that the numbers in docs/performance.md
 //! rest on is unit-tested on its own.
@@ -185,6 +186,78 @@ impl LatencySummary {
     }
 }
 
+/// When a paced publisher's messages are meant to go out: the intended timeline that
+/// latency is measured from under `--rate` (the correction for coordinated omission).
+///
+/// With a target rate `R` over `P` publishers, the run has one evenly spaced timeline of slots
+/// `0, 1, 2, ...`, slot `n` due `n / R` seconds after the start; publisher `k` owns every
+/// `P`-th slot from `k`, so its message `s` is due at slot `s * P + k` (each publisher sends at
+/// `R / P` msgs/s, and together they send at `R` without bunching). A publisher that falls
+/// behind sends late, and its intended times stay where they were: the time it spent behind
+/// counts as latency, as in wrk2 and HdrHistogram's corrected recording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Slot 0's time, ns on the run clock.
+    start_ns: u64,
+    /// Slots per second over all publishers.
+    rate: f64,
+    /// Number of publishers sharing the timeline.
+    publishers: u64,
+    /// This publisher's index (its first slot).
+    index: u64,
+}
+
+impl Schedule {
+    /// Publisher `index` of `publishers` sharing `rate` msgs/s from `start_ns`; `None` when
+    /// the rate is not a positive number (as fast as possible: no schedule).
+    pub fn new(start_ns: u64, rate: f64, publishers: u64, index: u64) -> Option<Self> {
+        (rate.is_finite() && rate > 0.0).then_some(Schedule {
+            start_ns,
+            rate,
+            publishers: publishers.max(1),
+            index,
+        })
+    }
+
+    /// When message `seq` is meant to be sent, ns on the run clock.
+    pub fn intended_ns(&self, seq: u64) -> u64 {
+        let slot = seq
+            .saturating_mul(self.publishers)
+            .saturating_add(self.index);
+        // `as` saturates: a slot beyond the run clock's range is "never".
+        let offset = (slot as f64 * 1e9 / self.rate).round() as u64;
+        self.start_ns.saturating_add(offset)
+    }
+
+    /// How many messages were due by `now_ns`: those whose intended time is at or before it.
+    /// Minus the number sent, that is how far behind the publisher is.
+    pub fn due_by(&self, now_ns: u64) -> u64 {
+        if now_ns < self.start_ns {
+            return 0;
+        }
+        // An estimate from the rate, then exact against `intended_ns` (float rounding).
+        let last_slot = ((now_ns - self.start_ns) as f64 * self.rate / 1e9).floor() as u64;
+        let mut n = if last_slot < self.index {
+            0
+        } else {
+            (last_slot - self.index) / self.publishers + 1
+        };
+        while n > 0 && self.intended_ns(n - 1) > now_ns {
+            n -= 1;
+        }
+        while n < u64::MAX && self.intended_ns(n) <= now_ns {
+            n += 1;
+        }
+        n
+    }
+
+    /// How far behind schedule message `seq` went out when it was sent at `sent_ns`
+    /// (0 if on time or early).
+    pub fn lag_ns(&self, seq: u64, sent_ns: u64) -> u64 {
+        sent_ns.saturating_sub(self.intended_ns(seq))
+    }
+}
+
 /// `count / seconds`, or 0 when no time passed.
 pub fn per_sec(count: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
@@ -305,6 +378,103 @@ mod tests {
         assert_eq!(
             LatencySummary::from_ns(&new_histogram()),
             LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn one_publisher_is_due_every_interval_from_the_start() {
+        // 1,000 msgs/s: one message per ms, the first at the start.
+        let s = Schedule::new(5_000, 1000.0, 1, 0).expect("paced");
+        assert_eq!(s.intended_ns(0), 5_000);
+        assert_eq!(s.intended_ns(1), 1_005_000);
+        assert_eq!(s.intended_ns(10_000), 10_000_005_000);
+        // A rate that does not divide a second evenly still lands on the exact times.
+        let third = Schedule::new(0, 3.0, 1, 0).expect("paced");
+        assert_eq!(third.intended_ns(1), 333_333_333);
+        assert_eq!(third.intended_ns(2), 666_666_667);
+        assert_eq!(third.intended_ns(3), 1_000_000_000);
+    }
+
+    #[test]
+    fn publishers_interleave_on_one_timeline() {
+        // 1,000 msgs/s over 4 publishers: each sends every 4 ms, offset by 1 ms from the next.
+        let at = |k, seq| {
+            Schedule::new(0, 1000.0, 4, k)
+                .expect("paced")
+                .intended_ns(seq)
+        };
+        assert_eq!(
+            [at(0, 0), at(1, 0), at(2, 0), at(3, 0)],
+            [0, 1_000_000, 2_000_000, 3_000_000]
+        );
+        assert_eq!(at(0, 1), 4_000_000);
+        assert_eq!(at(3, 2), 11_000_000);
+        // Together: every slot exactly once.
+        let mut all: Vec<u64> = (0..4)
+            .flat_map(|k| (0..25).map(move |s| at(k, s)))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).map(|n| n * 1_000_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn no_schedule_without_a_positive_rate() {
+        assert_eq!(Schedule::new(0, 0.0, 1, 0), None);
+        assert_eq!(Schedule::new(0, -5.0, 1, 0), None);
+        assert_eq!(Schedule::new(0, f64::NAN, 1, 0), None);
+        assert_eq!(Schedule::new(0, f64::INFINITY, 1, 0), None);
+    }
+
+    #[test]
+    fn due_counts_messages_whose_time_has_come() {
+        let s = Schedule::new(1_000, 1000.0, 1, 0).expect("paced");
+        assert_eq!(s.due_by(0), 0); // before the start
+        assert_eq!(s.due_by(1_000), 1); // message 0 is due at the start itself
+        assert_eq!(s.due_by(1_000_999), 1);
+        assert_eq!(s.due_by(1_001_000), 2);
+        assert_eq!(s.due_by(10_000_001_000), 10_001);
+        // The second of two publishers is due from 1 ms in, then every 2 ms.
+        let second = Schedule::new(0, 1000.0, 2, 1).expect("paced");
+        assert_eq!(second.due_by(999_999), 0);
+        assert_eq!(second.due_by(1_000_000), 1);
+        assert_eq!(second.due_by(2_999_999), 1);
+        assert_eq!(second.due_by(3_000_000), 2);
+        // Exactly consistent with `intended_ns`, also where float rounding is involved.
+        for sched in [
+            Schedule::new(7, 3.0, 1, 0),
+            Schedule::new(0, 7.0, 3, 2),
+            Schedule::new(123, 999.9, 5, 4),
+        ] {
+            let sched = sched.expect("paced");
+            for seq in 0..200 {
+                let t = sched.intended_ns(seq);
+                assert_eq!(sched.due_by(t), seq + 1, "{sched:?} seq {seq}");
+                assert_eq!(sched.due_by(t - 1), seq, "{sched:?} seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn lag_is_how_late_a_message_went_out() {
+        let s = Schedule::new(0, 1000.0, 1, 0).expect("paced");
+        // Message 5 was due at 5 ms; sent at 5.2 ms it ran 0.2 ms behind.
+        assert_eq!(s.lag_ns(5, 5_200_000), 200_000);
+        // On time or early (a timer firing before the slot) is no lag.
+        assert_eq!(s.lag_ns(5, 5_000_000), 0);
+        assert_eq!(s.lag_ns(5, 4_000_000), 0);
+        // A publisher stuck for 50 ms: the 50 messages due meanwhile go out back to back,
+        // the first 50 ms late and each next one 1 ms less, and at the moment it is stuck it is
+        // 50 messages behind.
+        let stuck_until = 60_000_000;
+        assert_eq!(s.due_by(stuck_until - 1) - 10, 50);
+        let lags: Vec<u64> = (10..60).map(|seq| s.lag_ns(seq, stuck_until)).collect();
+        assert_eq!(lags.first(), Some(&50_000_000));
+        assert_eq!(lags.last(), Some(&1_000_000));
+        // Latency from the intended time is service time plus this lag.
+        let (sent, delivered) = (stuck_until, stuck_until + 300_000);
+        assert_eq!(
+            delivered - s.intended_ns(10),
+            (delivered - sent) + s.lag_ns(10, sent)
         );
     }
 
