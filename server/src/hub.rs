@@ -17,8 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use std::future::poll_fn;
+use std::task::Poll;
+
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -106,39 +109,144 @@ impl Pending {
 /// The fewest replies that may wait beside a full queue, whatever `queue_capacity` is.
 const MIN_PENDING: usize = 256;
 
-/// The sending side of one connection's bounded outbound queue.
+/// A queue that grew past this many slots is given back to the allocator once it drains, so
+/// an idle connection holds no queue memory after a burst.
+const KEEP_SLOTS: usize = 16;
+
+/// One connection's outbound queue and signals, shared by its [`Mailbox`]es (the hub's, the
+/// store's reply callbacks') and the connection's task, which drains it.
+///
+/// The queue is a `VecDeque` behind a lock, allocated on the first item and released when a
+/// burst has drained: an idle connection holds none of it. (tokio's channel allocates a block
+/// of 32 slots for every connection up front.)
+#[derive(Debug)]
+struct Inner {
+    queue: Mutex<Queue>,
+    /// Most items queued at once.
+    capacity: usize,
+    /// The connection task, woken when an item or a waiting reply arrives.
+    waker: AtomicWaker,
+    /// Tripped when the queue overflows; the session watches it.
+    overflow: CancellationToken,
+    /// Set when a durable frame could not be queued: the connection catches up from the store.
+    lagging: AtomicBool,
+    /// Replies from the store's writer that found the queue full.
+    pending: Pending,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The connection ended: items are dropped, not queued.
+    closed: bool,
+}
+
+/// Why an item was not queued.
+enum Refused {
+    Full(Outbound),
+    Closed,
+}
+
+/// The sending side of one connection's bounded outbound queue (and, for the connection's
+/// own task, the receiving side).
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     id: ConnId,
-    tx: mpsc::Sender<Outbound>,
-    /// Tripped when the queue overflows; the session watches it.
-    overflow: CancellationToken,
-    /// Set when a durable frame could not be queued: the writer catches up from the store.
-    lagging: Arc<AtomicBool>,
-    /// Replies from the store's writer that found the queue full.
-    pending: Arc<Pending>,
+    inner: Arc<Inner>,
 }
 
 impl Mailbox {
-    /// A mailbox for connection `id`.
-    pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>, overflow: CancellationToken) -> Self {
-        let cap = tx.max_capacity().max(MIN_PENDING);
+    /// A mailbox for connection `id` whose queue holds at most `capacity` items.
+    pub fn new(id: ConnId, capacity: usize, overflow: CancellationToken) -> Self {
+        let capacity = capacity.max(1);
         Mailbox {
             id,
-            tx,
-            overflow,
-            lagging: Arc::default(),
-            pending: Arc::new(Pending {
-                replies: Mutex::new(VecDeque::new()),
-                waiting: AtomicBool::new(false),
-                cap,
+            inner: Arc::new(Inner {
+                queue: Mutex::new(Queue::default()),
+                capacity,
+                waker: AtomicWaker::new(),
+                overflow,
+                lagging: AtomicBool::new(false),
+                pending: Pending {
+                    replies: Mutex::new(VecDeque::new()),
+                    waiting: AtomicBool::new(false),
+                    cap: capacity.max(MIN_PENDING),
+                },
             }),
         }
     }
 
+    fn push(&self, item: Outbound) -> Result<(), Refused> {
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queue.closed {
+            return Err(Refused::Closed);
+        }
+        if queue.items.len() >= self.inner.capacity {
+            return Err(Refused::Full(item));
+        }
+        queue.items.push_back(item);
+        drop(queue);
+        self.inner.waker.wake();
+        Ok(())
+    }
+
+    /// The next queued item, if any (the connection's task only).
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let item = queue.items.pop_front();
+        if queue.items.is_empty() && queue.items.capacity() > KEEP_SLOTS {
+            queue.items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Wait for the next queued item (the connection's task only). Also wakes, with
+    /// [`Outbound::Wake`], when replies wait beside the queue.
+    pub async fn recv(&self) -> Outbound {
+        poll_fn(|cx| {
+            if let Some(item) = self.try_recv() {
+                return Poll::Ready(item);
+            }
+            self.inner.waker.register(cx.waker());
+            // An item may have arrived between the check and the registration.
+            match self.try_recv() {
+                Some(item) => Poll::Ready(item),
+                None if self.inner.pending.waiting.load(Ordering::Acquire) => {
+                    Poll::Ready(Outbound::Wake)
+                }
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// The connection ended: drop what is queued and refuse what comes.
+    pub fn close(&self) {
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.closed = true;
+        queue.items = VecDeque::new();
+    }
+
     /// The replies waiting beside the queue, for the connection's writer.
-    pub fn pending(&self) -> Arc<Pending> {
-        Arc::clone(&self.pending)
+    pub fn pending(&self) -> &Pending {
+        &self.inner.pending
+    }
+
+    /// The signal that trips when this connection is a slow consumer.
+    pub fn overflow(&self) -> &CancellationToken {
+        &self.inner.overflow
     }
 
     /// Queue a reply from a thread that cannot wait (the store's writer: acks, conflicts,
@@ -148,68 +256,56 @@ impl Mailbox {
     /// batch. Only a connection with more unwritten replies than the bound (the queue
     /// capacity, at least 256) is closed as a slow consumer.
     pub fn offer_reply(&self, frame: Utf8Bytes) {
-        let mut pending = self
-            .pending
+        let pending = &self.inner.pending;
+        let mut replies = pending
             .replies
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if pending.is_empty() {
-            match self.tx.try_send(Outbound::Frame(frame)) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
-                    pending.push_back(frame)
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => return,
+        if replies.is_empty() {
+            match self.push(Outbound::Frame(frame)) {
+                Ok(()) | Err(Refused::Closed) => return,
+                Err(Refused::Full(Outbound::Frame(frame))) => replies.push_back(frame),
+                Err(Refused::Full(_)) => return,
             }
-        } else if pending.len() >= self.pending.cap {
-            drop(pending);
-            self.overflow.cancel();
+        } else if replies.len() >= pending.cap {
+            drop(replies);
+            self.inner.overflow.cancel();
             return;
         } else {
-            pending.push_back(frame);
+            replies.push_back(frame);
         }
-        self.pending.waiting.store(true, Ordering::Release);
-        drop(pending);
-        // Wake the writer if it is idle; if the queue is full it is busy and will see the
+        pending.waiting.store(true, Ordering::Release);
+        drop(replies);
+        // Wake the connection if it is idle; if the queue is full it is busy and will see the
         // pending replies after its batch.
-        let _ = self.tx.try_send(Outbound::Wake);
+        self.inner.waker.wake();
     }
 
-    /// Queue an item that must not be lost (a reply, a cursor marker), waiting for room.
-    /// If the queue stays full for `patience`, the connection is a slow consumer: the
-    /// overflow signal trips and the item is dropped with the connection.
-    pub async fn send(&self, item: Outbound, patience: std::time::Duration) {
-        match tokio::time::timeout(patience, self.tx.send(item)).await {
-            Ok(_) => {}
-            Err(_) => self.overflow.cancel(),
-        }
-    }
-
-    /// Queue an item if there is room right now (no timer, no waiting); a full queue gives
-    /// it back. A closed queue drops it: the connection is ending anyway.
+    /// Queue an item if there is room right now; a full queue gives it back. A closed queue
+    /// drops it: the connection is ending anyway.
     pub fn try_queue(&self, item: Outbound) -> Result<(), Outbound> {
-        match self.tx.try_send(item) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(item)) => Err(item),
+        match self.push(item) {
+            Ok(()) | Err(Refused::Closed) => Ok(()),
+            Err(Refused::Full(item)) => Err(item),
         }
     }
 
-    /// The flag the connection's writer checks to know it must catch up from the store.
-    pub fn lagging(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.lagging)
+    /// Whether the connection must catch up from the store (and clear the flag).
+    pub fn take_lagging(&self) -> bool {
+        self.inner.lagging.swap(false, Ordering::AcqRel)
     }
 
     /// Queue a frame of a durable topic without waiting. A full queue does not close the
     /// connection: the frame can be read back from the store, so the mailbox is marked as
     /// lagging and the writer catches up once it drains.
     pub fn offer_durable(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        match self.push(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lagging.store(true, Ordering::Release);
+            Err(Refused::Full(_)) => {
+                self.inner.lagging.store(true, Ordering::Release);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
@@ -221,13 +317,13 @@ impl Mailbox {
     /// Queue a frame without waiting. Returns false (and trips the overflow signal when the
     /// queue is full) if the frame was not queued.
     pub fn offer(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        match self.push(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.cancel();
+            Err(Refused::Full(_)) => {
+                self.inner.overflow.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 }
@@ -388,7 +484,7 @@ impl Hub {
                 }
                 if mailbox.offer(Outbound::Frame(frame.clone())) {
                     delivery.queued += 1;
-                } else if mailbox.overflow.is_cancelled() {
+                } else if mailbox.overflow().is_cancelled() {
                     delivery.overflowed += 1;
                 }
             }
@@ -464,12 +560,18 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn mailbox(hub: &Hub, cap: usize) -> (Mailbox, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (
-            Mailbox::new(hub.next_conn_id(), tx, CancellationToken::new()),
-            rx,
-        )
+    /// The connection's side of a mailbox, as a channel receiver reads.
+    struct Rx(Mailbox);
+
+    impl Rx {
+        fn try_recv(&mut self) -> Result<Outbound, ()> {
+            self.0.try_recv().ok_or(())
+        }
+    }
+
+    fn mailbox(hub: &Hub, cap: usize) -> (Mailbox, Rx) {
+        let m = Mailbox::new(hub.next_conn_id(), cap, CancellationToken::new());
+        (m.clone(), Rx(m))
     }
 
     /// A `message` frame as the operations layer encodes it.
@@ -562,8 +664,8 @@ mod tests {
             hub.publish("t", None, || frame("server", "1"), Instant::now());
             assert!(rx_fast.try_recv().is_ok());
         }
-        assert!(slow.overflow.is_cancelled());
-        assert!(!fast.overflow.is_cancelled());
+        assert!(slow.overflow().is_cancelled());
+        assert!(!fast.overflow().is_cancelled());
     }
 
     #[test]
@@ -583,7 +685,7 @@ mod tests {
     fn replies_wait_beside_a_full_queue_in_order_and_only_too_many_overflow() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let (m, mut rx) = mailbox(&hub, 2);
-        let overflow = m.overflow.clone();
+        let overflow = m.overflow().clone();
         m.offer_reply("r0".into());
         m.offer_reply("r1".into());
         // The queue is full: replies wait beside it, in order, and nothing overflows.

@@ -98,7 +98,6 @@ impl Listeners for Fanout {
 mod tests {
     use std::time::Instant;
 
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -121,8 +120,7 @@ mod tests {
     #[test]
     fn a_commit_becomes_one_run_per_topic_with_origins_and_epochs() {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-        let (tx, mut rx) = mpsc::channel(8);
-        let m = Mailbox::new(1, tx, CancellationToken::new());
+        let m = Mailbox::new(1, 8, CancellationToken::new());
         hub.subscribe("a", &m);
         hub.subscribe("b", &m);
         let rows: Vec<Row> = (1..=70).map(|i| row("a", i)).chain([row("b", 5)]).collect();
@@ -145,7 +143,7 @@ mod tests {
             started: Instant::now(),
         });
         let mut runs = Vec::new();
-        while let Ok(Outbound::Durable(run)) = rx.try_recv() {
+        while let Some(Outbound::Durable(run)) = m.try_recv() {
             runs.push(run);
         }
         let shape: Vec<(&str, u64, usize)> = runs

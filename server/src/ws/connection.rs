@@ -1,10 +1,13 @@
 //! One upgraded connection from start to close: the reader loop and the executor of the
 //! session's actions.
 //!
-//! The reader owns the [`Session`] and the read half of the WebSocket: it feeds frames (with
-//! the time) to the session, runs the heartbeat/liveness timer, watches shutdown, overflow
-//! and token expiry, picks the close code, and carries out the session's [`Action`]s through
-//! the operations layer. The [`Writer`] task owns the write half.
+//! **One task per connection.** It owns the [`Session`] and the [`Writer`] (the whole
+//! WebSocket and the connection's queue) and selects between them: queued items are written
+//! (the writer's batch), frames read are fed (with the time) to the session, whose
+//! [`Action`]s it carries out through the operations layer. It also runs the
+//! heartbeat/liveness timer, watches shutdown, overflow and token expiry, and picks the close
+//! code. A reply that finds the queue full makes this task write what is queued first (it is
+//! the one that drains it), so nothing waits on another task.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,16 +15,14 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use tidings_protocol::server::{Appended, Error as ErrorFrame, Member, Published, Subscribed};
 use tidings_protocol::{CloseCode, ServerMessage};
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::cursors::Cursors;
 use super::session::{Action, Env, Limits, Session, SubscribeAction};
-use super::writer::{CLOSE_GRACE, Stop, Writer};
+use super::writer::{CLOSE_GRACE, Failed, Stop, Writer};
 use crate::auth::Identity;
 use crate::hub::{Mailbox, Outbound};
 use crate::limits::ConnPermit;
@@ -34,9 +35,12 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let _permit = permit;
     let ops = &shared.ops;
     let config = &ops.config;
-    let (tx, rx) = mpsc::channel(config.queue_capacity);
     let overflow = CancellationToken::new();
-    let mailbox = Mailbox::new(ops.hub.next_conn_id(), tx, overflow.clone());
+    let mailbox = Mailbox::new(
+        ops.hub.next_conn_id(),
+        config.queue_capacity,
+        overflow.clone(),
+    );
     let client_id = format!("{}-{}", shared.node, mailbox.id());
     let session = Session::new(
         client_id,
@@ -53,33 +57,19 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let _open = OpenGauge::new(&shared);
     tracing::debug!(client_id = live.session.client_id(), "connected");
 
-    let (sink, mut stream) = socket.split();
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let writer = Writer {
+    let mut writer = Writer {
         id: mailbox.id(),
         client_id: live.session.client_id().into(),
-        sink,
-        rx,
-        stop_rx,
+        socket,
+        mailbox: mailbox.clone(),
         store: ops.store.clone(),
         cursors: Cursors::default(),
-        lagging: mailbox.lagging(),
-        pending: mailbox.pending(),
-        overflow: overflow.clone(),
         stuck_timeout: config.slow_consumer_timeout,
     };
-    let mut writer = tokio::spawn(writer.run());
     mailbox.offer(encode(&live.session.connected()));
 
-    let end = read_loop(
-        &shared,
-        &mut live.session,
-        &mailbox,
-        &overflow,
-        &mut stream,
-        &mut writer,
-    )
-    .await;
+    let end = read_loop(&shared, &mut live.session, &overflow, &mut writer).await;
+    mailbox.close();
 
     match end {
         End::Close(code) => {
@@ -92,10 +82,10 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
                 code = code.code(),
                 "closing"
             );
-            let _ = stop_tx.send(Stop::Close(code));
+            Box::pin(writer.stop(Stop::Close(code))).await;
             // Give the client a moment to answer the close frame, then let go either way.
             let _ = Box::pin(timeout(CLOSE_GRACE, async {
-                while let Some(Ok(frame)) = stream.next().await {
+                while let Some(Ok(frame)) = writer.socket.next().await {
                     if matches!(frame, Message::Close(_)) {
                         break;
                     }
@@ -105,13 +95,10 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
         }
         End::PeerClosed => {
             // tungstenite queued the answer to the peer's close frame (its code echoed, or
-            // 1002 for a code that may not be sent); it leaves with the writer's flush.
-            let _ = stop_tx.send(Stop::Echo);
+            // 1002 for a code that may not be sent); it leaves with this flush.
+            Box::pin(writer.stop(Stop::Echo)).await;
         }
-        End::Gone => drop(stop_tx),
-    }
-    if !writer.is_finished() && timeout(CLOSE_GRACE, &mut writer).await.is_err() {
-        writer.abort();
+        End::Gone => {}
     }
     tracing::debug!(client_id = live.session.client_id(), "disconnected");
 }
@@ -165,11 +152,10 @@ impl Drop for OpenGauge<'_> {
 async fn read_loop(
     shared: &Shared,
     session: &mut Session,
-    mailbox: &Mailbox,
     overflow: &CancellationToken,
-    stream: &mut SplitStream<WebSocket>,
-    writer: &mut tokio::task::JoinHandle<()>,
+    writer: &mut Writer,
 ) -> End {
+    let mailbox = writer.mailbox.clone();
     let ops = &shared.ops;
     let config = &ops.config;
     let env = Env {
@@ -200,7 +186,6 @@ async fn read_loop(
             biased;
             _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
             _ = &mut overflowed => return End::Close(CloseCode::SlowConsumer),
-            _ = &mut *writer => return End::Gone,
             _ = &mut expiry => return End::Close(CloseCode::TokenExpired),
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() > config.heartbeat_timeout {
@@ -209,7 +194,12 @@ async fn read_loop(
                 // A full queue is busy writing anyway: skip the beat rather than wait.
                 let _ = mailbox.try_queue(Outbound::Heartbeat);
             }
-            frame = stream.next() => {
+            item = mailbox.recv() => {
+                if let Err(failed) = writer.batch(item).await {
+                    return ended(failed);
+                }
+            }
+            frame = writer.socket.next() => {
                 let frame = match frame {
                     None => return End::Gone,
                     Some(Ok(frame)) => frame,
@@ -227,8 +217,8 @@ async fn read_loop(
                 }
                 for action in actions.drain(..) {
                     let who = (session.identity(), session.client_id());
-                    if perform(shared, who, mailbox, action, &mut unavailable).await.is_err() {
-                        return End::Close(CloseCode::GoingAway);
+                    if let Err(end) = perform(shared, who, writer, action, &mut unavailable).await {
+                        return end;
                     }
                     // Subscriptions the store could not start are not subscriptions.
                     for topic in unavailable.drain(..) {
@@ -239,6 +229,12 @@ async fn read_loop(
                     valid_until = session.valid_until();
                     expiry.as_mut().reset(deadline(valid_until));
                 }
+                // Write the replies now, in this turn, rather than on the next wake-up.
+                if let Some(item) = mailbox.try_recv()
+                    && let Err(failed) = writer.batch(item).await
+                {
+                    return ended(failed);
+                }
             }
         }
     }
@@ -246,19 +242,21 @@ async fn read_loop(
 
 /// Carry out one action of the session.
 ///
-/// Replies and markers must not be lost, so they wait for room in the connection's own queue
-/// (a subscriber of a durable topic may be catching up with a full queue and is not slow for
-/// that). A client whose queue stays full for `slow_consumer_timeout` is a slow consumer.
-/// Fails only when the store is gone (the connection then closes with 1001). Topics whose
-/// subscription could not start (the store is unreachable) are added to `unavailable`.
+/// Replies and markers must not be lost, so a full queue is written out first (a subscriber
+/// of a durable topic may be catching up with a full queue and is not slow for that); a
+/// socket that accepts nothing for `slow_consumer_timeout` is a slow consumer. Fails when the
+/// connection must end: the store is gone (1001), the socket failed, or it is slow (4002).
+/// Topics whose subscription could not start (the store is unreachable) are added to
+/// `unavailable`.
 async fn perform(
     shared: &Shared,
     (identity, client_id): (&Identity, &str),
-    mailbox: &Mailbox,
+    writer: &mut Writer,
     action: Action,
     unavailable: &mut Vec<Arc<str>>,
-) -> Result<(), StoreError> {
+) -> Result<(), End> {
     let ops = &shared.ops;
+    let mailbox = &writer.mailbox.clone();
     let who = Who::User(identity);
     let reply = match action {
         Action::Reply(reply) => reply,
@@ -271,13 +269,16 @@ async fn perform(
                     .clone()
                     .unwrap_or_else(tidings_protocol::json_null),
             };
-            return Box::pin(subscribe(shared, mailbox, request, member, unavailable)).await;
+            return Box::pin(subscribe(shared, writer, request, member, unavailable)).await;
         }
         Action::Unsubscribe(topics) => {
             for topic in topics {
                 ops::unsubscribe(ops, mailbox.id(), &topic);
                 ops::presence::leave(ops, &topic, client_id);
-                queue(shared, mailbox, Outbound::Untrack { topic }).await;
+                writer
+                    .queue(Outbound::Untrack { topic })
+                    .await
+                    .map_err(ended)?;
             }
             return Ok(());
         }
@@ -307,7 +308,9 @@ async fn perform(
                         epoch: None,
                     }),
                 },
-                Err(OpError::Store(e @ StoreError::Closed)) => return Err(e),
+                Err(OpError::Store(StoreError::Closed)) => {
+                    return Err(End::Close(CloseCode::GoingAway));
+                }
                 Err(e) => refusal(ops, &e, r#ref),
             }
         }
@@ -322,7 +325,9 @@ async fn perform(
             let on_commit = append_reply(mailbox.clone(), m.stream, r#ref.clone());
             match Box::pin(ops::append(ops, who, op, Some(on_commit))).await {
                 Ok(()) => return Ok(()),
-                Err(OpError::Store(e @ StoreError::Closed)) => return Err(e),
+                Err(OpError::Store(StoreError::Closed)) => {
+                    return Err(End::Close(CloseCode::GoingAway));
+                }
                 Err(e) => refusal(ops, &e, r#ref),
             }
         }
@@ -351,8 +356,7 @@ async fn perform(
                 .unwrap_or_else(|e| refusal(ops, &e, r#ref))
         }
     };
-    queue(shared, mailbox, encode(&reply)).await;
-    Ok(())
+    writer.queue(encode(&reply)).await.map_err(ended)
 }
 
 /// Carry out an accepted `subscribe`: the cursor of every durable topic goes to the writer
@@ -361,11 +365,12 @@ async fn perform(
 /// start (Redis unreachable) is refused with `UNAVAILABLE`.
 async fn subscribe(
     shared: &Shared,
-    mailbox: &Mailbox,
+    writer: &mut Writer,
     mut request: SubscribeAction,
     member: Member,
     unavailable: &mut Vec<Arc<str>>,
-) -> Result<(), StoreError> {
+) -> Result<(), End> {
+    let mailbox = &writer.mailbox.clone();
     let mut joined = Vec::new();
     let mut recovered = BTreeMap::new();
     let mut positions = BTreeMap::new();
@@ -410,15 +415,13 @@ async fn subscribe(
                 }
                 let from = start.offset;
                 positions.insert(topic.to_string(), start);
-                queue(
-                    shared,
-                    mailbox,
-                    Outbound::Track {
+                writer
+                    .queue(Outbound::Track {
                         topic: Arc::clone(topic),
                         from,
-                    },
-                )
-                .await;
+                    })
+                    .await
+                    .map_err(ended)?;
                 syncs.push(Arc::clone(topic));
             }
         }
@@ -431,8 +434,7 @@ async fn subscribe(
     {
         // A request for a single topic that is refused gets an `error`, as it always did.
         let error = ServerMessage::error(refusal.code, refusal.message, request.r#ref);
-        queue(shared, mailbox, encode(&error)).await;
-        return Ok(());
+        return writer.queue(encode(&error)).await.map_err(ended);
     }
     let reply = ServerMessage::Subscribed(Subscribed {
         topics: request.all,
@@ -441,9 +443,12 @@ async fn subscribe(
         refused: (!request.refused.is_empty()).then_some(request.refused),
         r#ref: request.r#ref,
     });
-    queue(shared, mailbox, encode(&reply)).await;
+    writer.queue(encode(&reply)).await.map_err(ended)?;
     for topic in syncs {
-        queue(shared, mailbox, Outbound::Sync { topic }).await;
+        writer
+            .queue(Outbound::Sync { topic })
+            .await
+            .map_err(ended)?;
     }
     // Members of presence topics are announced once subscribed.
     for topic in joined {
@@ -452,21 +457,12 @@ async fn subscribe(
     Ok(())
 }
 
-/// Put `item` in the connection's queue, waiting for room if needed (bounded by the
-/// slow-consumer timeout, or until shutdown).
-async fn queue(shared: &Shared, mailbox: &Mailbox, item: Outbound) {
-    // Fast path: there is room (no timer, no shutdown watch needed).
-    let Err(item) = mailbox.try_queue(item) else {
-        return;
-    };
-    // Boxed: rare, and kept out of the state every idle connection carries.
-    Box::pin(async {
-        tokio::select! {
-            _ = mailbox.send(item, shared.ops.config.slow_consumer_timeout) => {}
-            _ = shared.shutdown.cancelled() => {}
-        }
-    })
-    .await;
+/// How a write failure ends the connection.
+fn ended(failed: Failed) -> End {
+    match failed {
+        Failed::Socket => End::Gone,
+        Failed::Slow => End::Close(CloseCode::SlowConsumer),
+    }
 }
 
 /// The `error` a refused operation gets (counted).

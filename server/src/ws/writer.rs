@@ -1,30 +1,28 @@
-//! The write half of a connection: one task that drains the connection's bounded queue into
-//! the socket, batching whatever is already queued into one flush, and applies the cursor rule
+//! The write side of a connection: it drains the connection's bounded queue into the socket,
+//! batching whatever is already queued into one flush, and applies the cursor rule
 //! ([`Cursors`]) to every run of a durable topic, filling gaps from the store.
 //!
-//! Publishers only ever `try_send` into the queue, so a slow socket stalls nobody but this
-//! task. A socket that accepts nothing for `slow_consumer_timeout` makes the connection a slow
-//! consumer, as does falling behind what retention keeps.
+//! It runs inside the connection's one task (`connection.rs` selects between the socket and
+//! the queue), and owns the whole WebSocket: no second task, no split halves, no lock per
+//! frame. Publishers only ever push into the queue without waiting, so a slow socket stalls
+//! nobody but this connection. A socket that accepts nothing for `slow_consumer_timeout` makes
+//! the connection a slow consumer, as does falling behind what retention keeps.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
 use tidings_protocol::ServerMessage;
 use tidings_protocol::server::Heartbeat;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 use super::cursors::{Admit, Cursors};
 use crate::clock;
-use crate::hub::{ConnId, DurableRun, Outbound, Pending};
+use crate::hub::{ConnId, DurableRun, Mailbox, Outbound};
 use crate::ops;
 use crate::store::Store;
 use tidings_protocol::CloseCode;
@@ -38,7 +36,7 @@ const MAX_BATCH: usize = 64;
 /// Rows read from the store per page while catching up (the store also bounds it in bytes).
 const CATCH_UP_PAGE: usize = 256;
 
-/// What the reader tells the writer at the end.
+/// How the connection ends, as far as writing goes.
 pub enum Stop {
     /// Send a close frame with this code.
     Close(CloseCode),
@@ -46,8 +44,9 @@ pub enum Stop {
     Echo,
 }
 
-/// Why the writer stopped early.
-enum Failed {
+/// Why writing stopped.
+#[derive(Debug)]
+pub enum Failed {
     /// The socket failed or the peer is gone.
     Socket,
     /// The client fell behind what retention keeps, or its socket accepted nothing for too
@@ -55,53 +54,39 @@ enum Failed {
     Slow,
 }
 
-/// The write half of a connection and its per-topic delivery cursors.
+/// The socket of a connection, its queue and its per-topic delivery cursors.
 pub struct Writer {
     /// This connection (its own publishes are not echoed).
     pub id: ConnId,
     /// Its client id, the `from` of the rows it published (not echoed on catch-up either).
     pub client_id: Box<str>,
-    pub sink: SplitSink<WebSocket, Message>,
-    pub rx: mpsc::Receiver<Outbound>,
-    pub stop_rx: oneshot::Receiver<Stop>,
+    /// The whole WebSocket: this connection's task reads and writes it.
+    pub socket: WebSocket,
+    /// The connection's queue (the hub, the store's replies and the session push into it).
+    pub mailbox: Mailbox,
     pub store: Store,
     /// Last offset sent, per tracked durable topic.
     pub cursors: Cursors,
-    /// Set when a durable frame could not be queued: catch up from the store.
-    pub lagging: Arc<AtomicBool>,
-    /// Replies from the store that found the queue full (written after each batch).
-    pub pending: Arc<Pending>,
-    /// Tripped when this connection is a slow consumer.
-    pub overflow: CancellationToken,
     /// How long the socket may accept nothing.
     pub stuck_timeout: Duration,
 }
 
 impl Writer {
-    /// Drain the queue until the reader says stop or the socket fails.
-    pub async fn run(mut self) {
+    /// Put `item` in the queue; while it is full, write out what is queued first (this task
+    /// is the one that drains it). Replies and cursor markers are never dropped this way.
+    ///
+    /// # Errors
+    /// [`Failed`] when the socket fails or accepts nothing for the slow-consumer timeout.
+    pub async fn queue(&mut self, mut item: Outbound) -> Result<(), Failed> {
         loop {
-            tokio::select! {
-                biased;
-                stop = &mut self.stop_rx => {
-                    if let Ok(stop) = stop {
-                        Box::pin(self.stop(stop)).await;
-                    }
-                    return;
-                }
-                item = self.rx.recv() => {
-                    let Some(item) = item else { return };
-                    match self.batch(item).await {
-                        Ok(()) => {}
-                        Err(Failed::Socket) => return,
-                        Err(Failed::Slow) => {
-                            // Let the reader pick the close code, then send it if we can.
-                            self.overflow.cancel();
-                            if let Ok(stop) = (&mut self.stop_rx).await {
-                                Box::pin(self.stop(stop)).await;
-                            }
-                            return;
-                        }
+            match self.mailbox.try_queue(item) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    item = back;
+                    match self.mailbox.try_recv() {
+                        Some(first) => Box::pin(self.batch(first)).await?,
+                        // Emptied meanwhile (cannot happen: only this task drains it).
+                        None => continue,
                     }
                 }
             }
@@ -109,17 +94,17 @@ impl Writer {
     }
 
     /// Send (and flush) the close frame that ends the connection.
-    async fn stop(&mut self, stop: Stop) {
+    pub async fn stop(&mut self, stop: Stop) {
         match stop {
             Stop::Close(code) => {
                 let frame = CloseFrame {
                     code: code.code(),
                     reason: code.reason().into(),
                 };
-                let _ = timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+                let _ = timeout(CLOSE_GRACE, self.socket.send(Message::Close(Some(frame)))).await;
             }
             Stop::Echo => {
-                let _ = timeout(CLOSE_GRACE, self.sink.flush()).await;
+                let _ = timeout(CLOSE_GRACE, self.socket.flush()).await;
             }
         }
     }
@@ -127,17 +112,19 @@ impl Writer {
     /// Write `first` and whatever else is queued (up to a batch) and the replies waiting beside
     /// the queue, flush, then catch up on topics whose frames were dropped while the queue was
     /// full.
-    async fn batch(&mut self, first: Outbound) -> Result<(), Failed> {
+    pub async fn batch(&mut self, first: Outbound) -> Result<(), Failed> {
         self.write(first).await?;
         for _ in 1..MAX_BATCH {
-            let Ok(item) = self.rx.try_recv() else { break };
+            let Some(item) = self.mailbox.try_recv() else {
+                break;
+            };
             self.write(item).await?;
         }
-        for reply in self.pending.take() {
+        for reply in self.mailbox.pending().take() {
             self.feed(reply).await?;
         }
         self.flush().await?;
-        if self.lagging.swap(false, Ordering::AcqRel) {
+        if self.mailbox.take_lagging() {
             for topic in self.cursors.topics() {
                 Box::pin(self.sync(&topic)).await?;
             }
@@ -147,11 +134,11 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> Result<(), Failed> {
-        bounded(self.stuck_timeout, self.sink.flush()).await
+        bounded(self.stuck_timeout, self.socket.flush()).await
     }
 
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Failed> {
-        bounded(self.stuck_timeout, self.sink.feed(Message::Text(text))).await
+        bounded(self.stuck_timeout, self.socket.feed(Message::Text(text))).await
     }
 
     async fn write(&mut self, item: Outbound) -> Result<(), Failed> {
@@ -162,7 +149,7 @@ impl Writer {
                     timestamp: Some(clock::now_rfc3339()),
                 });
                 self.feed(beat.encode().into()).await?;
-                self.sink
+                self.socket
                     .feed(Message::Ping(Default::default()))
                     .await
                     .map_err(|_| Failed::Socket)
