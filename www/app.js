@@ -2,14 +2,15 @@
 // event-sourced Order stream, over the WebAssembly SDK, plus a network panel that shows what
 // the SDK does when the connection goes away. Plain ES modules, no build step.
 //
+// The Order board has no order logic of its own: `client.stream(id, "order")` folds the stream
+// with the Rust `Order` aggregate (shared-protocol/src/order.rs, the server's code, compiled
+// into the SDK), and `stream.execute(command)` / `stream.decide(command)` decide commands with it.
+//
 // The SDK does the hard parts (reconnect with backoff, replay with `since`, offline outbox,
 // dedup by offset, token refresh); this file only renders what it reports. `window.__demo`
 // exposes the page's state to the end-to-end test (tests/e2e/).
 
 import init, { TidingsClient } from "./pkg/tidings.js";
-import {
-  initialOrder, reduceOrder, commands, allowed, formatMoney, toCents, CATALOGUE,
-} from "./order.js";
 import { installSocketTap, LiveChart } from "./network.js";
 
 // Before the SDK opens its first socket: lets the network panel drop it or play offline.
@@ -49,6 +50,24 @@ function randomName() {
   return `${pick(a)}-${pick(b)}-${Math.floor(Math.random() * 90 + 10)}`;
 }
 const shortId = () => Math.random().toString(36).slice(2, 6);
+
+/** Units (a JSON number such as 19.99) to whole cents, for display arithmetic only. */
+const toCents = (units) => Math.round(Number(units) * 100);
+/** An amount in units as a display string with two decimals, e.g. "59.97". */
+function formatMoney(units) {
+  const c = toCents(units);
+  const abs = Math.abs(c);
+  return `${c < 0 ? "-" : ""}${Math.floor(abs / 100)}.${String(abs % 100).padStart(2, "0")}`;
+}
+
+/** A small catalogue for the "add item" picker. */
+const CATALOGUE = [
+  { sku: "mug", name: "Tidings mug", price: 12.5 },
+  { sku: "tee", name: "T-shirt", price: 19.99 },
+  { sku: "sticker", name: "Sticker pack", price: 3.25 },
+  { sku: "hoodie", name: "Hoodie", price: 45.0 },
+  { sku: "cap", name: "Cap", price: 15.0 },
+];
 
 // ---- page state ---------------------------------------------------------------------------
 
@@ -90,7 +109,7 @@ const app = {
   order: {
     id: params.get("order") || "order-1",
     stream: null,
-    state: initialOrder(),
+    state: null, // the Rust Order's serde form, from the SDK
     version: 0,
     log: [],
     loaded: false,
@@ -408,18 +427,19 @@ function openOrder(id) {
   if (o.stream) {
     try { o.stream.close(); o.stream.free(); } catch { /* gone */ }
   }
-  Object.assign(o, { id, stream: null, state: initialOrder(), version: 0, log: [], loaded: false, conflicts: [], lastError: null });
+  Object.assign(o, { id, stream: null, state: null, version: 0, log: [], loaded: false, conflicts: [], lastError: null });
   $("order-id").value = id;
   const gen = app.gen;
   const log = [];
   o.log = log;
-  // The SDK calls the reducer once per event, in version order, exactly once: the log is kept
-  // beside the fold.
-  const stream = app.client.stream(id, (state, event) => {
+  // Folded by the Rust Order aggregate inside the SDK. `onEvent` sees each folded event once,
+  // in version order: the log is kept beside the fold.
+  const stream = app.client.stream(id, "order");
+  stream.onEvent((event) => {
     log.push({ version: event.version, type: event.type, data: event.data, timestamp: event.timestamp });
-    return reduceOrder(state, event);
-  }, initialOrder());
+  });
   o.stream = stream;
+  o.state = stream.state; // the aggregate's default state until the stream is loaded
   stream.onChange((state, version) => {
     if (gen !== app.gen || o.stream !== stream) return;
     if (o.loaded && version !== o.version) o.lastError = null; // the order moved on
@@ -441,24 +461,18 @@ const COMMAND_LABEL = {
   confirm: "Confirm", ship: "Ship", cancel: "Cancel order",
 };
 
-/** Run a command against the folded state and append its events at the stream's version. */
+/** Run a command: the SDK decides it with the Rust aggregate on the folded state (a refusal
+ *  rejects with its code, nothing sent) and appends its events at the stream's version. A
+ *  VERSION_CONFLICT is not retried: the board catches up by itself and the user decides again. */
 async function orderCommand(name, args = {}) {
   const o = app.order;
   const stream = o.stream;
   o.lastError = null;
   const seenVersion = stream.version;
-  let events;
-  try {
-    events = commands[name](stream.state, args);
-  } catch (e) {
-    o.lastError = { code: e.code ?? "ORDER_REFUSED", message: e.message };
-    renderOrder();
-    return { ok: false, code: o.lastError.code, message: e.message };
-  }
   o.busy = true;
   renderOrder();
   try {
-    const res = await stream.append(events);
+    const res = await stream.execute({ ...args, type: name });
     return { ok: true, version: res.version };
   } catch (e) {
     if (o.stream !== stream) return { ok: false, code: e.code, message: e.message };
@@ -475,6 +489,40 @@ async function orderCommand(name, args = {}) {
     o.busy = false;
     renderOrder();
   }
+}
+
+/** Whether the aggregate would accept `command` now (a dry run of its decision: the rules
+ *  live in Rust, not here). */
+function accepts(command) {
+  const stream = app.order.stream;
+  if (!stream) return false;
+  try {
+    stream.decide(command);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Which commands the folded state allows: for enabling buttons. */
+function allowed() {
+  return {
+    create: accepts({ type: "create", customer_id: app.name }),
+    add_item: accepts({ type: "add_item", id: "\u0000probe", name: "probe", price: 0, quantity: 1 }),
+    remove_item: (id) => accepts({ type: "remove_item", item_id: id }),
+    confirm: accepts({ type: "confirm" }),
+    ship: accepts({ type: "ship", tracking_number: "probe" }),
+    cancel: accepts({ type: "cancel", reason: "probe" }),
+  };
+}
+
+/** What the last event of `type` in the log carried (the aggregate's state keeps no tracking
+ *  number or reason). */
+function lastEventData(type) {
+  for (let i = app.order.log.length - 1; i >= 0; i -= 1) {
+    if (app.order.log[i].type === type) return app.order.log[i].data ?? {};
+  }
+  return {};
 }
 
 function itemFromPicker() {
@@ -547,17 +595,17 @@ function renderChat() {
 
 function renderOrder() {
   const o = app.order;
-  const s = o.state ?? initialOrder();
+  const s = o.state ?? { customer_id: null, items: [], total: 0, status: "pending" };
   $("order-version").textContent = o.loaded ? `version ${o.version}` : "loading…";
   const badge = $("order-status");
   badge.textContent = s.status;
   badge.dataset.status = s.status;
   $("order-customer").textContent = s.customer_id ?? "—";
   $("order-total").textContent = formatMoney(s.total ?? 0);
-  $("order-extra").textContent = s.status === "shipped" ? `Tracking number ${s.tracking_number ?? "?"}`
-    : s.status === "cancelled" ? `Cancelled: ${s.cancel_reason ?? ""}` : "";
+  $("order-extra").textContent = s.status === "shipped" ? `Tracking number ${lastEventData("order_shipped").tracking_number ?? "?"}`
+    : s.status === "cancelled" ? `Cancelled: ${lastEventData("order_cancelled").reason ?? ""}` : "";
 
-  const can = allowed(s);
+  const can = allowed();
   const body = $("order-items");
   if (s.items.length === 0) {
     body.replaceChildren(el("tr", { class: "empty" }, el("td", { colSpan: 5, text: "No items" })));
@@ -568,7 +616,7 @@ function renderOrder() {
       el("td", { class: "num", text: formatMoney(i.price) }),
       el("td", { class: "num", text: formatMoney((toCents(i.price) * i.quantity) / 100) }),
       el("td", { class: "num" }, el("button", {
-        type: "button", class: "secondary", text: "Remove", disabled: !can.remove_item || o.busy,
+        type: "button", class: "secondary", text: "Remove", disabled: !can.remove_item(i.id) || o.busy,
         ariaLabel: `Remove ${i.name}`, onclick: () => orderCommand("remove_item", { item_id: i.id }),
       })))));
   }

@@ -566,7 +566,7 @@ async fn streams_replay_follow_live_appends_and_report_version_conflicts() {
     let reader = client(&token("reader", 3600).await);
     // The writer appends three events to a new stream.
     let w = writer
-        .stream(id.clone(), counter().unchecked_into(), tally())
+        .stream(id.clone(), counter().unchecked_into(), Some(tally()))
         .expect("writer stream");
     let (on_change, w_changes) = recorder();
     w.on_change(on_change.unchecked_into());
@@ -593,7 +593,7 @@ async fn streams_replay_follow_live_appends_and_report_version_conflicts() {
 
     // The reader replays them...
     let r = reader
-        .stream(id.clone(), counter().unchecked_into(), tally())
+        .stream(id.clone(), counter().unchecked_into(), Some(tally()))
         .expect("reader stream");
     wait_until("reader replayed 3 events", 10_000, || r.version() == 3.0).await;
     let st = r.state();
@@ -645,6 +645,149 @@ async fn streams_replay_follow_live_appends_and_report_version_conflicts() {
     assert_eq!(get(&r.state(), "sum").as_f64(), Some(15.0));
     writer.close();
     reader.close();
+}
+
+/// A command or value from its JSON text.
+fn json(text: &str) -> JsValue {
+    js_sys::JSON::parse(text).expect("JSON")
+}
+
+#[wasm_bindgen_test]
+async fn a_builtin_aggregate_folds_decides_executes_and_reports_conflicts() {
+    let id = unique("order");
+    let a = client(&token("alice", 3600).await);
+    let b = client(&token("bob", 3600).await);
+    let sa = a
+        .stream(
+            id.clone(),
+            JsValue::from_str("order").unchecked_into(),
+            None,
+        )
+        .expect("a's stream");
+    assert_eq!(
+        get(&sa.state(), "status").as_string().as_deref(),
+        Some("pending"),
+        "the aggregate's default state before the load"
+    );
+    let (on_change, changes) = recorder();
+    sa.on_change(on_change.unchecked_into());
+    wait_until("a loaded", 10_000, || !changes.borrow().is_empty()).await;
+
+    // Refused locally with the aggregate's code: nothing is sent.
+    let refused = settle(
+        "confirm before create",
+        20_000,
+        Promise::from(JsValue::from(
+            sa.execute(json(r#"{"type":"confirm"}"#).unchecked_into()),
+        )),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(
+        get(&refused, "code").as_string().as_deref(),
+        Some("INVALID_STATE")
+    );
+    assert_eq!(
+        get(&refused, "message").as_string().as_deref(),
+        Some("cannot confirm an order that is pending")
+    );
+    for (command, version) in [
+        (r#"{"type":"create","customer_id":"alice"}"#, 1.0),
+        (
+            r#"{"type":"add_item","id":"tee","name":"T-shirt","price":19.99,"quantity":3}"#,
+            2.0,
+        ),
+    ] {
+        let ack = ok(
+            command,
+            Promise::from(JsValue::from(sa.execute(json(command).unchecked_into()))),
+        )
+        .await;
+        assert_eq!(get(&ack, "version").as_f64(), Some(version));
+    }
+    assert_eq!(sa.version(), 2.0, "our own appends fold at once");
+    assert_eq!(get(&sa.state(), "total").as_f64(), Some(59.97));
+
+    // Another client replays the stream with the same Rust fold, every event once.
+    let sb = b
+        .stream(
+            id.clone(),
+            JsValue::from_str("order").unchecked_into(),
+            None,
+        )
+        .expect("b's stream");
+    let (on_event, seen) = recorder();
+    sb.on_event(on_event.unchecked_into());
+    wait_until("b replayed", 10_000, || sb.version() == 2.0).await;
+    let st = sb.state();
+    assert_eq!(get(&st, "status").as_string().as_deref(), Some("created"));
+    assert_eq!(
+        get(&st, "customer_id").as_string().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(get(&st, "total").as_f64(), Some(59.97));
+    let types: Vec<_> = seen
+        .borrow()
+        .iter()
+        .filter_map(|e| get(e, "type").as_string())
+        .collect();
+    assert_eq!(types, ["order_created", "item_added"]);
+
+    // Two commands decided at version 2: the first wins, the second is stale and not retried.
+    let first = Promise::from(JsValue::from(
+        sb.execute(
+            json(r#"{"type":"add_item","id":"mug","name":"Mug","price":12.5,"quantity":2}"#)
+                .unchecked_into(),
+        ),
+    ));
+    let stale = Promise::from(JsValue::from(
+        sb.execute(
+            json(r#"{"type":"add_item","id":"cap","name":"Cap","price":15,"quantity":1}"#)
+                .unchecked_into(),
+        ),
+    ));
+    assert_eq!(
+        get(&ok("first", first).await, "version").as_f64(),
+        Some(3.0)
+    );
+    let err = settle("stale", 20_000, stale).await.expect_err("stale");
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("VERSION_CONFLICT")
+    );
+    assert_eq!(get(&err, "currentVersion").as_f64(), Some(3.0));
+    wait_until("a follows live", 10_000, || sa.version() == 3.0).await;
+    assert_eq!(get(&sa.state(), "total").as_f64(), Some(84.97));
+    assert_eq!(
+        js_sys::Array::from(&get(&sb.state(), "items")).length(),
+        2,
+        "the stale command's item was not applied"
+    );
+
+    // `decide` answers without appending.
+    let decided = sa
+        .decide(json(r#"{"type":"cancel","reason":"changed my mind"}"#).unchecked_into())
+        .expect("decided");
+    let decided = js_sys::Array::from(&decided.into());
+    assert_eq!(
+        get(&decided.get(0), "type").as_string().as_deref(),
+        Some("order_cancelled")
+    );
+    assert_eq!(sa.version(), 3.0);
+    let unknown = a
+        .stream(
+            unique("x"),
+            JsValue::from_str("invoice").unchecked_into(),
+            None,
+        )
+        .err()
+        .expect("no such aggregate");
+    assert_eq!(
+        get(&unknown, "code").as_string().as_deref(),
+        Some("INVALID_ARGUMENT")
+    );
+    a.close();
+    b.close();
 }
 
 #[wasm_bindgen_test]

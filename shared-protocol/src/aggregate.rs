@@ -24,7 +24,8 @@ use crate::server::{Snapshot, StoredEvent};
 /// events give the same state on the server and in the browser.
 ///
 /// Commands (validating a request and deciding which events to append) are ordinary methods
-/// on the implementing type; see [`crate::order::Order`] for the worked example.
+/// on the implementing type; see [`crate::order::Order`] for the worked example. An aggregate
+/// whose commands are data (so a browser can send them to the SDK) also implements [`Decide`].
 pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned {
     /// The event type. It must serialize as `{"type": "...", "data": {...}}`, i.e. with
     /// `#[serde(tag = "type", content = "data")]`, so that [`Aggregate::to_new_event`] and
@@ -88,6 +89,32 @@ pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned {
         self.apply(&event);
         Ok(())
     }
+}
+
+/// The optional command half of an [`Aggregate`]: commands as data, decided by one function.
+///
+/// [`Aggregate`] alone folds events; an aggregate that also implements `Decide` can be
+/// driven by commands that arrive as JSON (the browser SDK's `stream.execute(command)`), and
+/// its refusals carry a stable code ([`CommandError::code`]) so an application can branch on
+/// them wherever the command ran. Deciding is pure, like folding: the same state and command
+/// give the same events (or the same refusal) on the server and in the browser.
+pub trait Decide: Aggregate {
+    /// A command: a request to change the aggregate. Serialized like the events, tagged by
+    /// `"type"` (e.g. `{"type": "confirm"}`).
+    type Command: Serialize + DeserializeOwned;
+
+    /// Why a command was refused.
+    type Error: CommandError;
+
+    /// Check `command` against the current state and return the events to append, or why
+    /// not. Does not change the state: apply the events once they are stored.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+}
+
+/// A refused command: a readable message (`Display`) and a stable code.
+pub trait CommandError: std::error::Error {
+    /// The stable, machine-readable code, e.g. `INVALID_STATE`: what applications branch on.
+    fn code(&self) -> &'static str;
 }
 
 /// Why a wire event was not applied.

@@ -11,7 +11,8 @@
 //!   `INVALID_MESSAGE` vs `INVALID_MESSAGE_TYPE`.
 //! * [`aggregate`] — the [`Aggregate`] trait: state folded from a stream's events, pure, so the
 //!   server's repository and the browser SDK run the same code.
-//! * [`order`] — the template's Order aggregate, the worked example.
+//! * [`order`] — the template's Order aggregate, the worked example, with its commands as data
+//!   ([`order::OrderCommand`], decided by [`Decide::handle`]).
 //!
 //! This crate does no I/O and builds for `wasm32-unknown-unknown`.
 //!
@@ -24,7 +25,7 @@ pub mod decode;
 pub mod order;
 pub mod server;
 
-pub use aggregate::{Aggregate, EventError, Versioned};
+pub use aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
 pub use client::{ClientMessage, NewEvent, Position};
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{DecodeError, Envelope};

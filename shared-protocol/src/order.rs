@@ -21,7 +21,7 @@ use std::fmt;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, CommandError, Decide};
 
 /// An amount of money as whole cents (hundredths of the currency unit).
 ///
@@ -272,6 +272,45 @@ pub enum OrderEvent {
     },
 }
 
+/// A request to change an order: the commands of [`Order`] as data, for [`Order::handle`].
+///
+/// Tagged by `type` like the events, with the command's arguments beside it:
+/// `{"type": "create", "customer_id": "c-1", "items": [...]}`,
+/// `{"type": "add_item", "id": "i-1", "name": "Mug", "price": 12.5, "quantity": 2}` (the item's
+/// own fields), `{"type": "remove_item", "item_id": "i-1"}`, `{"type": "confirm"}`,
+/// `{"type": "ship", "tracking_number": "T-1"}`, `{"type": "cancel", "reason": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderCommand {
+    /// [`Order::create`].
+    Create {
+        /// Who orders.
+        customer_id: String,
+        /// The initial items (none if absent).
+        #[serde(default)]
+        items: Vec<Item>,
+    },
+    /// [`Order::add_item`], the item's fields beside `type`.
+    AddItem(Item),
+    /// [`Order::remove_item`].
+    RemoveItem {
+        /// The item to remove.
+        item_id: String,
+    },
+    /// [`Order::confirm`].
+    Confirm {},
+    /// [`Order::ship`].
+    Ship {
+        /// The carrier's tracking number.
+        tracking_number: String,
+    },
+    /// [`Order::cancel`].
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Why a command refused to change an order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -305,6 +344,26 @@ pub enum OrderError {
     /// `confirm` on an order with no items.
     #[error("cannot confirm an order with no items")]
     EmptyOrder,
+}
+
+impl OrderError {
+    /// The stable code of this refusal: `INVALID_STATE`, `UNKNOWN_ITEM`, `DUPLICATE_ITEM`,
+    /// `INVALID_ITEM` or `EMPTY_ORDER`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OrderError::InvalidTransition { .. } => "INVALID_STATE",
+            OrderError::UnknownItem(_) => "UNKNOWN_ITEM",
+            OrderError::DuplicateItem(_) => "DUPLICATE_ITEM",
+            OrderError::InvalidItem { .. } => "INVALID_ITEM",
+            OrderError::EmptyOrder => "EMPTY_ORDER",
+        }
+    }
+}
+
+impl CommandError for OrderError {
+    fn code(&self) -> &'static str {
+        OrderError::code(self)
+    }
 }
 
 /// The state of one order, folded from its stream.
@@ -396,6 +455,20 @@ impl Order {
         }])
     }
 
+    /// Decide a command given as data: the same checks and events as the method it names.
+    pub fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        match command {
+            OrderCommand::Create { customer_id, items } => {
+                self.create(customer_id.clone(), items.clone())
+            }
+            OrderCommand::AddItem(item) => self.add_item(item.clone()),
+            OrderCommand::RemoveItem { item_id } => self.remove_item(item_id),
+            OrderCommand::Confirm {} => self.confirm(),
+            OrderCommand::Ship { tracking_number } => self.ship(tracking_number.clone()),
+            OrderCommand::Cancel { reason } => self.cancel(reason.clone()),
+        }
+    }
+
     /// Refuse `command` unless the order is in one of `allowed`.
     fn require(&self, command: &'static str, allowed: &[OrderStatus]) -> Result<(), OrderError> {
         if allowed.contains(&self.status) {
@@ -450,5 +523,14 @@ impl Aggregate for Order {
             OrderEvent::OrderShipped { .. } => self.status = OrderStatus::Shipped,
             OrderEvent::OrderCancelled { .. } => self.status = OrderStatus::Cancelled,
         }
+    }
+}
+
+impl Decide for Order {
+    type Command = OrderCommand;
+    type Error = OrderError;
+
+    fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        Order::handle(self, command)
     }
 }

@@ -459,3 +459,150 @@ fn money_is_whole_cents_on_a_float_wire() {
         assert_eq!(back, money, "{text}");
     }
 }
+
+#[test]
+fn commands_as_data_decode_from_their_json() {
+    use tidings_protocol::order::OrderCommand;
+    let cases = [
+        (
+            json!({"type": "create", "customer_id": "c-1", "items": [
+                {"id": "item-1", "name": "Widget", "price": 10.0, "quantity": 2}]}),
+            OrderCommand::Create {
+                customer_id: "c-1".into(),
+                items: vec![widget()],
+            },
+        ),
+        (
+            json!({"type": "create", "customer_id": "c-1"}),
+            OrderCommand::Create {
+                customer_id: "c-1".into(),
+                items: vec![],
+            },
+        ),
+        (
+            json!({"type": "add_item", "id": "item-2", "name": "Gadget", "price": 25, "quantity": 1}),
+            OrderCommand::AddItem(gadget()),
+        ),
+        (
+            json!({"type": "remove_item", "item_id": "item-2"}),
+            OrderCommand::RemoveItem {
+                item_id: "item-2".into(),
+            },
+        ),
+        (json!({"type": "confirm"}), OrderCommand::Confirm {}),
+        (
+            json!({"type": "ship", "tracking_number": "T-1"}),
+            OrderCommand::Ship {
+                tracking_number: "T-1".into(),
+            },
+        ),
+        (
+            json!({"type": "cancel", "reason": "changed my mind"}),
+            OrderCommand::Cancel {
+                reason: "changed my mind".into(),
+            },
+        ),
+    ];
+    for (wire, command) in cases {
+        let decoded: OrderCommand = serde_json::from_value(wire.clone()).expect("decodes");
+        assert_eq!(decoded, command, "{wire}");
+        let again: OrderCommand =
+            serde_json::from_value(serde_json::to_value(&command).expect("encodes"))
+                .expect("round trip");
+        assert_eq!(again, command);
+    }
+    for bad in [
+        json!({"type": "teleport"}),
+        json!({"type": "ship"}),
+        json!({"customer_id": "c"}),
+        json!({"type": "add_item", "id": "x", "name": "y", "price": 0.001, "quantity": 1}),
+    ] {
+        assert!(
+            serde_json::from_value::<OrderCommand>(bad.clone()).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn handle_decides_like_the_command_methods_with_stable_codes() {
+    use tidings_protocol::order::OrderCommand;
+    use tidings_protocol::{CommandError, Decide};
+
+    fn decide<A: Decide>(state: &A, command: &A::Command) -> Result<Vec<A::Event>, &'static str> {
+        state.handle(command).map_err(|e| CommandError::code(&e))
+    }
+    let mut order = Order::default();
+    let create = OrderCommand::Create {
+        customer_id: "c-1".into(),
+        items: vec![widget()],
+    };
+    assert_eq!(
+        order.handle(&create),
+        order.create("c-1", vec![widget()]),
+        "same events as the method"
+    );
+    assert_eq!(
+        decide(&order, &OrderCommand::Confirm {}),
+        Err("INVALID_STATE")
+    );
+    let created = order.handle(&create).expect("create");
+    order = order.fold(created.iter());
+    assert_eq!(decide(&order, &create), Err("INVALID_STATE"));
+    assert_eq!(
+        decide(&order, &OrderCommand::AddItem(widget())),
+        Err("DUPLICATE_ITEM")
+    );
+    assert_eq!(
+        decide(
+            &order,
+            &OrderCommand::RemoveItem {
+                item_id: "nope".into()
+            }
+        ),
+        Err("UNKNOWN_ITEM")
+    );
+    assert_eq!(
+        decide(
+            &order,
+            &OrderCommand::AddItem(Item::new("z", "Zero", Money::from_cents(1), 0))
+        ),
+        Err("INVALID_ITEM")
+    );
+    let emptied = order.clone().fold(
+        order
+            .handle(&OrderCommand::RemoveItem {
+                item_id: "item-1".into(),
+            })
+            .expect("remove")
+            .iter(),
+    );
+    assert_eq!(
+        decide(&emptied, &OrderCommand::Confirm {}),
+        Err("EMPTY_ORDER")
+    );
+    let confirmed = order.clone().fold(
+        order
+            .handle(&OrderCommand::Confirm {})
+            .expect("confirm")
+            .iter(),
+    );
+    let shipped = confirmed.clone().fold(
+        confirmed
+            .handle(&OrderCommand::Ship {
+                tracking_number: "T-1".into(),
+            })
+            .expect("ship")
+            .iter(),
+    );
+    assert_eq!(shipped.status, OrderStatus::Shipped);
+    let refused = shipped
+        .handle(&OrderCommand::Cancel {
+            reason: "too late".into(),
+        })
+        .expect_err("shipped is final");
+    assert_eq!(
+        (refused.code(), refused.to_string().as_str()),
+        ("INVALID_STATE", "cannot cancel an order that is shipped")
+    );
+}

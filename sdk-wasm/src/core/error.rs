@@ -50,6 +50,16 @@ pub enum SdkError {
         /// The server's limit, when known.
         limit: Option<usize>,
     },
+    /// A built-in aggregate refused a command (`code` is the aggregate's, e.g.
+    /// `INVALID_STATE`), or could not read its stream (`INVALID_SNAPSHOT`). Decided locally:
+    /// nothing was sent.
+    #[error("{message}")]
+    Aggregate {
+        /// The aggregate's stable code.
+        code: &'static str,
+        /// Why, for people.
+        message: String,
+    },
 }
 
 impl SdkError {
@@ -65,6 +75,7 @@ impl SdkError {
             SdkError::Unauthorized(_) => "UNAUTHORIZED",
             SdkError::TokenProvider(_) => "TOKEN_PROVIDER",
             SdkError::TooLarge { .. } => "MESSAGE_TOO_LARGE",
+            SdkError::Aggregate { code, .. } => code,
         }
     }
 
@@ -109,6 +120,13 @@ mod tests {
                     limit: Some(8),
                 },
                 "MESSAGE_TOO_LARGE",
+            ),
+            (
+                SdkError::Aggregate {
+                    code: "INVALID_STATE",
+                    message: "cannot ship an order that is created".into(),
+                },
+                "INVALID_STATE",
             ),
         ];
         for (e, code) in cases {

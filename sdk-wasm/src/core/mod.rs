@@ -17,11 +17,13 @@
 //! * [`requests`] — `ref` → pending request, offline queue, timeouts.
 //! * [`token`] — the token in the connect URL, when to refresh it, when it is dead.
 //! * [`streams`] — folding an event stream: which event applies next, where to resume.
+//! * [`aggregates`] — streams folded (and commands decided) by a built-in Rust aggregate.
 //! * [`presence`] — the members of watched presence topics; the difference after a reconnect.
 //!
 //! Architecture invariant: nothing in this module touches web-sys or js-sys; it builds and is
 //! tested on the host, and only [`tidings_protocol`] knows the JSON shape of a frame.
 
+pub mod aggregates;
 pub mod backoff;
 mod calls;
 pub mod connection;

@@ -101,11 +101,38 @@ export interface PresenceStats {
 
 export interface StreamEvent { version: number; type: string; data: any; timestamp?: string }
 
+/** The aggregates the SDK folds with the server's own Rust code: `client.stream(id, "order")`. */
+export type BuiltinAggregate = "order";
+
+/** A line of an order. Prices are currency units (19.99), whole cents only. */
+export interface OrderItem { id: string; name: string; price: number; quantity: number }
+
+/** The state of an `"order"` stream: the Rust `Order`'s serde form. */
+export interface OrderState {
+  customer_id: string | null;
+  items: OrderItem[];
+  total: number;
+  status: "pending" | "created" | "confirmed" | "shipped" | "cancelled";
+}
+
+/** A command of the `"order"` aggregate (the Rust `OrderCommand`), for `stream.execute`. A
+ *  refusal rejects with `INVALID_STATE`, `UNKNOWN_ITEM`, `DUPLICATE_ITEM`, `INVALID_ITEM` or
+ *  `EMPTY_ORDER`. */
+export type OrderCommand =
+  | { type: "create"; customer_id: string; items?: OrderItem[] }
+  | ({ type: "add_item" } & OrderItem)
+  | { type: "remove_item"; item_id: string }
+  | { type: "confirm" }
+  | { type: "ship"; tracking_number: string }
+  | { type: "cancel"; reason: string };
+
 /** Every error the SDK raises: an Error with a stable code. */
 export interface TidingsError extends Error {
   code: "TIMEOUT" | "DISCONNECTED" | "CLOSED" | "OUTBOX_FULL" | "INVALID_ARGUMENT" | "UNAUTHORIZED"
       | "TOKEN_PROVIDER" | "VERSION_CONFLICT" | "RATE_LIMITED" | "FORBIDDEN" | "INVALID_TOPIC"
-      | "MESSAGE_TOO_LARGE" | "TOO_MANY_SUBSCRIPTIONS" | "UNAVAILABLE" | "PRESENCE_DISABLED" | string;
+      | "MESSAGE_TOO_LARGE" | "TOO_MANY_SUBSCRIPTIONS" | "UNAVAILABLE" | "PRESENCE_DISABLED"
+      | "INVALID_STATE" | "UNKNOWN_ITEM" | "DUPLICATE_ITEM" | "INVALID_ITEM" | "EMPTY_ORDER"
+      | "INVALID_SNAPSHOT" | string;
   /** With VERSION_CONFLICT: the stream's actual version. */
   currentVersion?: number;
 }
@@ -143,8 +170,16 @@ extern "C" {
     pub type AppendPromise;
     #[wasm_bindgen(typescript_type = "ConnectionState")]
     pub type StateName;
-    #[wasm_bindgen(typescript_type = "(state: any, event: StreamEvent) => any")]
-    pub type Reducer;
+    #[wasm_bindgen(
+        typescript_type = "((state: any, event: StreamEvent) => any) | BuiltinAggregate"
+    )]
+    pub type StreamFolder;
+    #[wasm_bindgen(typescript_type = "OrderCommand")]
+    pub type AggregateCommand;
+    #[wasm_bindgen(typescript_type = "Array<{ type: string; data: any }>")]
+    pub type DecidedEvents;
+    #[wasm_bindgen(typescript_type = "(event: StreamEvent) => void")]
+    pub type EventHandler;
     #[wasm_bindgen(typescript_type = "Array<{ type: string; data?: unknown }>")]
     pub type NewEvents;
     #[wasm_bindgen(typescript_type = "(state: any, version: number) => void")]
