@@ -5,6 +5,8 @@
 //!   on the host.
 //! * `wasm` (wasm32 only) — the thin browser shell: WebSocket, one timer, `online`/`offline`
 //!   and `visibilitychange` listeners, sessionStorage, and the JS API (`TidingsClient`).
+//! * `native` (wasm32 only) — the Rust API for Rust web frontends (`native::Client`): the same
+//!   core through the same pump, with futures and streams instead of promises and callbacks.
 //!
 //! Architecture invariant: all decisions are made in [`core`]; the shell only turns browser
 //! events into [`core::Input`]s and [`core::Action`]s into browser calls.
@@ -15,3 +17,6 @@ pub mod core;
 
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
+
+#[cfg(target_arch = "wasm32")]
+pub mod native;

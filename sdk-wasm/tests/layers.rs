@@ -1,7 +1,8 @@
 //! The SDK's layers (ARCHITECTURE.md, "SDK"): the sans-IO `core` never names the browser
 //! shell, and inside the shell `client.rs` (the pump) imports neither `stream.rs` nor
-//! `subscription.rs`, which build on it. This test reads the sources and fails on an edge that
-//! points the wrong way, so the import cycle cannot come back.
+//! `subscription.rs` nor the Rust API (`native/`), which build on it. This test reads the
+//! sources and fails on an edge that points the wrong way, so the import cycle cannot come
+//! back.
 
 use std::path::{Path, PathBuf};
 
@@ -39,9 +40,15 @@ fn the_core_never_names_the_browser_shell() {
         .iter()
         .filter(|f| {
             let text = code(f);
-            ["crate::wasm", "wasm_bindgen", "js_sys", "web_sys"]
-                .iter()
-                .any(|name| text.contains(name))
+            [
+                "crate::wasm",
+                "crate::native",
+                "wasm_bindgen",
+                "js_sys",
+                "web_sys",
+            ]
+            .iter()
+            .any(|name| text.contains(name))
         })
         .collect();
     assert!(
@@ -58,4 +65,9 @@ fn the_pump_does_not_import_what_builds_on_it() {
             assert!(!text.contains(&edge), "client.rs names {edge}");
         }
     }
+    // The Rust API builds on the pump too (through `Sink` and `Waiter::Native`).
+    assert!(
+        !text.contains("crate::native"),
+        "client.rs names crate::native"
+    );
 }

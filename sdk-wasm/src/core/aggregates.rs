@@ -5,12 +5,14 @@
 //! as `Repository::load` does (an event this build cannot read is skipped, the version still
 //! advances). Which event is next and where to follow from is [`StreamFold`]'s decision, as for
 //! reducer streams. The shell only converts: JSON text in (commands, stored events), JSON text
-//! out (the state), and calls the application's handlers.
+//! out (the state), and calls the application's handlers. The Rust API (`native`) uses
+//! [`AggregateFold`] directly, typed, for any [`Aggregate`] (and decides with it for any
+//! [`Decide`]).
 
 use std::ops::RangeInclusive;
 
 use serde::Deserialize;
-use tidings_protocol::aggregate::{CommandError, Decide, EventError, Versioned};
+use tidings_protocol::aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
 use tidings_protocol::order::Order;
 use tidings_protocol::server::{Events, Message, StoredEvent};
 use tidings_protocol::{Json, NewEvent};
@@ -85,7 +87,7 @@ pub struct AggregateFold<A> {
     fold: StreamFold,
 }
 
-impl<A: Decide> AggregateFold<A> {
+impl<A: Aggregate> AggregateFold<A> {
     /// The default state at version 0.
     pub fn new() -> Self {
         AggregateFold {
@@ -104,18 +106,17 @@ impl<A: Decide> AggregateFold<A> {
     fn sync(&mut self) {
         self.current.version = self.fold.version();
     }
-}
 
-impl<A: Decide> Model for AggregateFold<A> {
-    fn version(&self) -> u64 {
+    /// The version of the last folded event (0: none).
+    pub fn version(&self) -> u64 {
         self.fold.version()
     }
 
-    fn state_json(&self) -> String {
-        serde_json::to_string(&self.current.state).unwrap_or_else(|_| "null".to_owned())
-    }
-
-    fn load(&mut self, events: &Events) -> Result<Vec<(usize, Applied)>, SdkError> {
+    /// Fold the reply to the initial `read` (see [`Model::load`]).
+    ///
+    /// # Errors
+    /// `INVALID_SNAPSHOT` when the snapshot's state does not decode as `A`.
+    pub fn load(&mut self, events: &Events) -> Result<Vec<(usize, Applied)>, SdkError> {
         let plan = self.fold.load(events);
         if let (Some(version), Some(snapshot)) = (plan.snapshot, &events.snapshot) {
             self.current = Versioned::from_snapshot(snapshot).map_err(|e| SdkError::Aggregate {
@@ -136,7 +137,8 @@ impl<A: Decide> Model for AggregateFold<A> {
         Ok(done)
     }
 
-    fn apply(&mut self, event: &StoredEvent) -> Applied {
+    /// Fold one event of the stream (live, or our own append accepted at its version).
+    pub fn apply(&mut self, event: &StoredEvent) -> Applied {
         if !self.fold.is_next(event.version) {
             return Applied::Skipped;
         }
@@ -149,13 +151,29 @@ impl<A: Decide> Model for AggregateFold<A> {
         }
     }
 
-    fn decide(&self, command: &str) -> Result<Vec<NewEvent>, SdkError> {
-        let command: A::Command = serde_json::from_str(command)
-            .map_err(|e| SdkError::InvalidArgument(format!("invalid command: {e}")))?;
+    /// Where to follow the stream from once loaded.
+    pub fn resume_after(&self) -> u64 {
+        self.fold.resume_after()
+    }
+
+    /// Our append of `count` events was accepted with the stream at `version`: the versions
+    /// to fold locally, or `None` when someone else appended in between.
+    pub fn appended(&self, count: u64, version: u64) -> Option<RangeInclusive<u64>> {
+        self.fold.appended(count, version)
+    }
+}
+
+impl<A: Decide> AggregateFold<A> {
+    /// Decide `command` on the current state: the events to append, encoded for the wire.
+    ///
+    /// # Errors
+    /// The aggregate's own code (e.g. `INVALID_STATE`) when it refuses; `INVALID_ARGUMENT`
+    /// when an event does not encode.
+    pub fn decide_command(&self, command: &A::Command) -> Result<Vec<NewEvent>, SdkError> {
         let events = self
             .current
             .state
-            .handle(&command)
+            .handle(command)
             .map_err(|e| SdkError::Aggregate {
                 code: e.code(),
                 message: e.to_string(),
@@ -166,13 +184,37 @@ impl<A: Decide> Model for AggregateFold<A> {
             .collect::<Result<_, _>>()
             .map_err(|e| SdkError::InvalidArgument(format!("cannot encode an event: {e}")))
     }
+}
+
+impl<A: Decide> Model for AggregateFold<A> {
+    fn version(&self) -> u64 {
+        AggregateFold::version(self)
+    }
+
+    fn state_json(&self) -> String {
+        serde_json::to_string(&self.current.state).unwrap_or_else(|_| "null".to_owned())
+    }
+
+    fn load(&mut self, events: &Events) -> Result<Vec<(usize, Applied)>, SdkError> {
+        AggregateFold::load(self, events)
+    }
+
+    fn apply(&mut self, event: &StoredEvent) -> Applied {
+        AggregateFold::apply(self, event)
+    }
+
+    fn decide(&self, command: &str) -> Result<Vec<NewEvent>, SdkError> {
+        let command: A::Command = serde_json::from_str(command)
+            .map_err(|e| SdkError::InvalidArgument(format!("invalid command: {e}")))?;
+        self.decide_command(&command)
+    }
 
     fn resume_after(&self) -> u64 {
-        self.fold.resume_after()
+        AggregateFold::resume_after(self)
     }
 
     fn appended(&self, count: u64, version: u64) -> Option<RangeInclusive<u64>> {
-        self.fold.appended(count, version)
+        AggregateFold::appended(self, count, version)
     }
 }
 

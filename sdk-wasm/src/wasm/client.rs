@@ -19,7 +19,7 @@ use super::browser::{self, Listener, Socket, SocketEvent, Timer};
 use super::convert;
 use super::types::*;
 use crate::core::{
-    Action, Change, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
+    Action, Change, Config, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SocketId, SubId,
 };
 use tidings_protocol::server::{Events, Message};
 
@@ -36,6 +36,18 @@ pub(crate) trait Follower {
     fn failed(&self, error: &JsValue);
 }
 
+/// A Rust subscriber's end (the Rust API in [`crate::native`] builds on this module; the
+/// trait keeps the dependency one way).
+pub(crate) trait Sink {
+    /// A message for the subscriber.
+    fn message(&self, message: Message);
+    /// The server refused the subscription: nothing more will come.
+    fn failed(&self, error: SdkError);
+}
+
+/// What a Rust caller does with a request's outcome (run by the pump, outside any borrow).
+pub(crate) type Settle = Box<dyn FnOnce(&SharedRef, Result<Reply, SdkError>)>;
+
 /// What receives a subscriber's messages.
 #[derive(Clone)]
 pub(crate) enum Receiver {
@@ -43,6 +55,8 @@ pub(crate) enum Receiver {
     Js(Function),
     /// An event stream following its topic.
     Stream(Rc<dyn Follower>),
+    /// A subscriber of the Rust API.
+    Native(Rc<dyn Sink>),
 }
 
 /// Callbacks of one subscription.
@@ -80,6 +94,8 @@ pub(crate) enum Waiter {
         resolve: Function,
         reject: Function,
     },
+    /// A request of the Rust API.
+    Native(Settle),
 }
 
 /// Everything the client owns; shared between the JS objects and the browser callbacks
@@ -241,6 +257,7 @@ fn execute(shared: &SharedRef, action: Action) {
             match receiver {
                 Some(Receiver::Js(f)) => call1(&f, &convert::message(&message)),
                 Some(Receiver::Stream(st)) => st.message(&message),
+                Some(Receiver::Native(sink)) => sink.message(message),
                 None => {}
             }
         }
@@ -292,8 +309,10 @@ fn execute(shared: &SharedRef, action: Action) {
             let removed = shared.borrow_mut().handlers.remove(&sub);
             if let Some(h) = removed {
                 let err = convert::error(&error);
-                if let Receiver::Stream(st) = &h.receiver {
-                    st.failed(&err);
+                match &h.receiver {
+                    Receiver::Stream(st) => st.failed(&err),
+                    Receiver::Native(sink) => sink.failed(error),
+                    Receiver::Js(_) => {}
                 }
                 for cb in h.on_error {
                     call1(&cb, &err);
@@ -320,17 +339,18 @@ fn execute(shared: &SharedRef, action: Action) {
                     }
                     call1(&resolve, &convert::reply(&reply));
                 }
+                Some(Waiter::Native(settle)) => settle(shared, Ok(reply)),
                 None => {}
             }
         }
         Action::Reject { request, error } => {
             let waiter = shared.borrow_mut().waiters.remove(&request);
-            let err = convert::error(&error);
             match waiter {
                 Some(Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. }) => {
-                    call1(&reject, &err)
+                    call1(&reject, &convert::error(&error))
                 }
-                Some(Waiter::StreamLoad(st)) => st.failed(&err),
+                Some(Waiter::StreamLoad(st)) => st.failed(&convert::error(&error)),
+                Some(Waiter::Native(settle)) => settle(shared, Err(error)),
                 None => {}
             }
         }
@@ -416,7 +436,43 @@ pub(crate) fn request_promise(
     promise
 }
 
-fn instance_id() -> String {
+/// A client's shared state, connecting once the current task is done: used by
+/// `TidingsClient::new` and by the Rust API's `Client::connect`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` when `config` has no usable URL.
+pub(crate) fn start(
+    config: Config,
+    get_token: Option<Function>,
+    persist_key: Option<String>,
+    saved: BTreeMap<String, Position>,
+) -> Result<SharedRef, SdkError> {
+    let core = Core::new(config)?;
+    let shared = Rc::new(RefCell::new(Shared {
+        core,
+        socket: None,
+        timer: None,
+        listeners: Vec::new(),
+        state_handlers: Vec::new(),
+        error_handlers: Vec::new(),
+        handlers: VecMap::new(),
+        waiters: VecMap::new(),
+        get_token,
+        persist_key,
+        saved,
+        dirty: false,
+    }));
+    let listeners = listen(&Rc::downgrade(&shared));
+    shared.borrow_mut().listeners = listeners;
+    // Connect once the constructor's task is done, so handlers the application registers
+    // right after `new` (onStateChange, onError) hear everything, even a token that is
+    // refused at once.
+    let weak = Rc::downgrade(&shared);
+    wasm_bindgen_futures::spawn_local(async move { feed(&weak, Input::Start) });
+    Ok(shared)
+}
+
+pub(crate) fn instance_id() -> String {
     let a = (js_sys::Math::random() * 4_294_967_296.0) as u64;
     let b = (js_sys::Math::random() * 4_294_967_296.0) as u64;
     format!("{a:08x}{b:08x}")
@@ -445,28 +501,8 @@ impl TidingsClient {
             .and_then(|k| browser::session_storage()?.get_item(k).ok().flatten())
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        let core = Core::new(opts.config).map_err(|e| convert::error(&e))?;
-        let shared = Rc::new(RefCell::new(Shared {
-            core,
-            socket: None,
-            timer: None,
-            listeners: Vec::new(),
-            state_handlers: Vec::new(),
-            error_handlers: Vec::new(),
-            handlers: VecMap::new(),
-            waiters: VecMap::new(),
-            get_token: opts.get_token,
-            persist_key,
-            saved,
-            dirty: false,
-        }));
-        let listeners = listen(&Rc::downgrade(&shared));
-        shared.borrow_mut().listeners = listeners;
-        // Connect once the constructor's task is done, so handlers the application registers
-        // right after `new` (onStateChange, onError) hear everything, even a token that is
-        // refused at once.
-        let weak = Rc::downgrade(&shared);
-        wasm_bindgen_futures::spawn_local(async move { feed(&weak, Input::Start) });
+        let shared = start(opts.config, opts.get_token, persist_key, saved)
+            .map_err(|e| convert::error(&e))?;
         Ok(TidingsClient { shared })
     }
 
@@ -544,7 +580,9 @@ impl Drop for TidingsClient {
     }
 }
 
-fn shutdown(shared: &SharedRef) {
+/// Close for good: the core closes, every browser resource is released, handlers are dropped
+/// and pending requests fail with `CLOSED`.
+pub(crate) fn shutdown(shared: &SharedRef) {
     run(shared, |core, _| core.close());
     let (socket, timer, listeners, waiters) = {
         let mut s = shared.borrow_mut();
@@ -562,8 +600,12 @@ fn shutdown(shared: &SharedRef) {
     drop((socket, timer, listeners));
     let err = convert::error(&SdkError::Closed);
     for w in waiters.into_values() {
-        if let Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. } = w {
-            call1(&reject, &err);
+        match w {
+            Waiter::Promise { reject, .. } | Waiter::StreamAppend { reject, .. } => {
+                call1(&reject, &err)
+            }
+            Waiter::Native(settle) => settle(shared, Err(SdkError::Closed)),
+            Waiter::StreamLoad(_) => {}
         }
     }
 }
