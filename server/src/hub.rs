@@ -55,6 +55,9 @@ pub enum Outbound {
     Sync {
         /// The topic.
         topic: Arc<str>,
+        /// The client asked to resume from a position (`since`): replay its own messages too.
+        /// (Otherwise catch-up skips them: it has them already, from its own publishes.)
+        own: bool,
     },
     /// Forget the cursor for `topic` (unsubscribed).
     Untrack {

@@ -560,3 +560,35 @@ async fn a_lagging_subscriber_is_not_closed_by_its_own_ack() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_resume_with_since_replays_the_clients_own_messages_too() {
+    let server = start(config()).await;
+    let mut alice = server.connect("alice").await;
+    alice.subscribe(&["own"]).await;
+    let mut bob = server.connect("bob").await;
+    // Alice publishes (no echo live), Bob publishes after her.
+    publish_acked(&mut alice, "own", 0..2).await;
+    publish_acked(&mut bob, "own", 2..3).await;
+    assert_eq!(next_message(&mut alice).await, (3, 2), "live: only Bob's");
+    // Alice resumes from 0 on the same connection (a gap she saw, a state she rebuilds): the
+    // replay she asked for holds everything after 0, her own messages included.
+    match alice
+        .request(r#"{"type":"subscribe","topics":["own"],"since":{"own":{"offset":0}}}"#)
+        .await
+    {
+        ServerMessage::Subscribed(s) => {
+            assert_eq!(s.recovered.and_then(|r| r.get("own").copied()), Some(true));
+        }
+        other => panic!("{other:?}"),
+    }
+    for want in [(1, 0), (2, 1), (3, 2)] {
+        assert_eq!(next_message(&mut alice).await, want);
+    }
+    // Live traffic goes on without echo.
+    publish_acked(&mut alice, "own", 3..4).await;
+    match alice.request(r#"{"type":"ping","ref":"p"}"#).await {
+        ServerMessage::Pong(_) => {}
+        other => panic!("no echo after the replay: {other:?}"),
+    }
+}

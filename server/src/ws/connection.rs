@@ -422,7 +422,7 @@ async fn subscribe(
                     })
                     .await
                     .map_err(ended)?;
-                syncs.push(Arc::clone(topic));
+                syncs.push((Arc::clone(topic), since.is_some()));
             }
         }
     }
@@ -444,9 +444,9 @@ async fn subscribe(
         r#ref: request.r#ref,
     });
     writer.queue(encode(&reply)).await.map_err(ended)?;
-    for topic in syncs {
+    for (topic, own) in syncs {
         writer
-            .queue(Outbound::Sync { topic })
+            .queue(Outbound::Sync { topic, own })
             .await
             .map_err(ended)?;
     }

@@ -126,7 +126,7 @@ impl Writer {
         self.flush().await?;
         if self.mailbox.take_lagging() {
             for topic in self.cursors.topics() {
-                Box::pin(self.sync(&topic)).await?;
+                Box::pin(self.sync(&topic, false)).await?;
             }
             self.flush().await?;
         }
@@ -162,7 +162,7 @@ impl Writer {
                 self.cursors.untrack(&topic);
                 Ok(())
             }
-            Outbound::Sync { topic } => Box::pin(self.sync(&topic)).await,
+            Outbound::Sync { topic, own } => Box::pin(self.sync(&topic, own)).await,
             Outbound::Durable(run) => self.write_run(&run).await,
             // The pending replies are written after the batch.
             Outbound::Wake => Ok(()),
@@ -176,7 +176,7 @@ impl Writer {
             Admit::Ignore => return Ok(()),
             Admit::Deliver { skip } => skip,
             Admit::Fill { upto } => {
-                Box::pin(self.fill(&run.topic, upto)).await?;
+                Box::pin(self.fill(&run.topic, upto, false)).await?;
                 self.cursors.advance(&run.topic, run.last());
                 0
             }
@@ -190,9 +190,11 @@ impl Writer {
     }
 
     /// Deliver everything stored for `topic` up to its current head.
-    async fn sync(&mut self, topic: &Arc<str>) -> Result<(), Failed> {
+    /// (`own`: the client asked for this replay with `since`, so its own messages are part of
+    /// it.)
+    async fn sync(&mut self, topic: &Arc<str>, own: bool) -> Result<(), Failed> {
         match self.store.head(topic).await {
-            Ok(Some(head)) => self.fill(topic, head.latest).await,
+            Ok(Some(head)) => self.fill(topic, head.latest, own).await,
             Ok(None) => Ok(()),
             Err(e) => {
                 tracing::warn!("catch-up head of {topic} failed: {e}");
@@ -202,7 +204,8 @@ impl Writer {
     }
 
     /// Send stored messages of `topic` after the cursor, up to and including `target`.
-    async fn fill(&mut self, topic: &Arc<str>, target: u64) -> Result<(), Failed> {
+    /// This connection's own rows are skipped (no echo) unless `own`.
+    async fn fill(&mut self, topic: &Arc<str>, target: u64, own: bool) -> Result<(), Failed> {
         let Some(mut cursor) = self.cursors.get(topic) else {
             return Ok(());
         };
@@ -232,7 +235,7 @@ impl Writer {
                     break;
                 }
                 cursor = row.offset;
-                if *row.from == *self.client_id {
+                if !own && *row.from == *self.client_id {
                     continue;
                 }
                 let frame = ServerMessage::Message(ops::message(&row, &epoch));
