@@ -3,14 +3,15 @@
 //! through the `Order` aggregate, rendered into the page with web-sys. A Leptos, Yew or Dioxus
 //! app does the same from its components (a `Stream` feeds a signal).
 //!
-//! Build and serve (a server on localhost:8080 started with `--allow-anonymous` or a token):
+//! Build and serve (`scripts/test-rust-app` does this and runs it in headless Chromium against a
+//! `tidings serve --dev` that serves the page):
 //!
 //! ```text
 //! cargo build -p tidings-sdk --example rust_app --target wasm32-unknown-unknown
 //! wasm-bindgen --target web --out-dir sdk-wasm/examples/rust_app/pkg \
 //!     target/wasm32-unknown-unknown/debug/examples/rust_app.wasm
-//! python3 -m http.server -d sdk-wasm/examples/rust_app
-//! # open http://localhost:8000/?url=ws://localhost:8080/ws&token=...
+//! tidings serve --dev --static-dir sdk-wasm/examples/rust_app   # prints a dev token
+//! # open http://127.0.0.1:8000/?url=ws://127.0.0.1:8000/ws&token=...
 //! ```
 
 #[cfg(target_arch = "wasm32")]
@@ -82,9 +83,11 @@ mod app {
             let Ok(mut order) = orders.aggregate::<Order>("order-demo") else {
                 return;
             };
-            if let Some(loaded) = next(&mut order).await
-                && loaded.version == 0
-            {
+            let Some(loaded) = next(&mut order).await else {
+                return;
+            };
+            if loaded.version == 0 {
+                // A new order: create it (decided here by the same code the server runs).
                 let create = OrderCommand::Create {
                     customer_id: "demo".into(),
                     items: vec![],
@@ -92,6 +95,11 @@ mod app {
                 if let Err(e) = order.execute(&create).await {
                     show("orders", &format!("create refused ({}): {e}", e.code()));
                 }
+            } else {
+                show(
+                    "orders",
+                    &format!("order-demo v{}: {:?}", loaded.version, loaded.state.status),
+                );
             }
             while let Some(v) = next(&mut order).await {
                 show(
