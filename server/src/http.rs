@@ -7,7 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -67,7 +66,7 @@ async fn upgrade(
     PeerIp(ip): PeerIp,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
-    ws: WebSocketUpgrade,
+    upgrade: ws::Upgrade,
 ) -> Response {
     if shared.shutdown.is_cancelled() {
         shared.ops.metrics.refused("shutting_down");
@@ -133,19 +132,10 @@ async fn upgrade(
     let config = &shared.ops.config;
     let limit = config.max_message_bytes;
     let tracker = shared.sessions.clone();
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(ws::run(socket, shared, identity, permit)))
+    upgrade.accept(limit, move |socket| {
+        tracker.track_future(ws::run(socket, shared, identity, permit))
+    })
 }
-
-/// Read buffer per connection. tungstenite zero-fills it and keeps it for the connection's
-/// life, and most connections are idle most of the time, so it is small: 1 KiB holds several
-/// typical frames per `read`; a larger frame grows the buffer as needed.
-const READ_BUFFER: usize = 1024;
-/// Bytes buffered before a write is forced; the writer flushes after each batch anyway.
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Browsers always send `Origin` on a WebSocket upgrade; other clients usually do not.
 /// With an allow-list configured, a browser from another origin is refused.

@@ -20,11 +20,11 @@ use std::time::Instant;
 use std::future::poll_fn;
 use std::task::Poll;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::wire::Frame;
 
 /// Identifies one connection inside this process.
 pub type ConnId = u64;
@@ -37,7 +37,7 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// An encoded text frame (replies, ephemeral topics).
-    Frame(Utf8Bytes),
+    Frame(Frame),
     /// Time for a `heartbeat` frame and a WebSocket ping.
     Heartbeat,
     /// `message` frames of a durable topic with consecutive offsets (what one commit wrote
@@ -76,7 +76,7 @@ pub struct DurableRun {
     /// Offset of `frames[0]`; `frames[i]` has offset `first + i`.
     pub first: u64,
     /// Each encoded frame, and the connection that published it (which gets no echo).
-    pub frames: Vec<(Utf8Bytes, Option<ConnId>)>,
+    pub frames: Vec<(Frame, Option<ConnId>)>,
 }
 
 impl DurableRun {
@@ -91,7 +91,7 @@ impl DurableRun {
 /// replies is a slow consumer.
 #[derive(Debug)]
 pub struct Pending {
-    replies: Mutex<VecDeque<Utf8Bytes>>,
+    replies: Mutex<VecDeque<Frame>>,
     /// Whether `replies` may be non-empty: the writer checks this without taking the lock.
     waiting: AtomicBool,
     cap: usize,
@@ -99,7 +99,7 @@ pub struct Pending {
 
 impl Pending {
     /// Take every waiting reply, oldest first (nothing, without locking, when none wait).
-    pub fn take(&self) -> VecDeque<Utf8Bytes> {
+    pub fn take(&self) -> VecDeque<Frame> {
         if !self.waiting.load(Ordering::Acquire) {
             return VecDeque::new();
         }
@@ -258,7 +258,7 @@ impl Mailbox {
     /// (in order with the replies before it) and the writer writes it after its current
     /// batch. Only a connection with more unwritten replies than the bound (the queue
     /// capacity, at least 256) is closed as a slow consumer.
-    pub fn offer_reply(&self, frame: Utf8Bytes) {
+    pub fn offer_reply(&self, frame: Frame) {
         let pending = &self.inner.pending;
         let mut replies = pending
             .replies
@@ -460,7 +460,7 @@ impl Hub {
         &self,
         topic: &str,
         from: Option<ConnId>,
-        frame: impl FnOnce() -> Utf8Bytes,
+        frame: impl FnOnce() -> Frame,
         started: Instant,
     ) -> Delivery {
         let entry = self.topic(topic);
@@ -578,11 +578,11 @@ mod tests {
     }
 
     /// A `message` frame as the operations layer encodes it.
-    fn frame(from: &str, data: &str) -> Utf8Bytes {
+    fn frame(from: &str, data: &str) -> Frame {
         let data: tidings_protocol::Json = serde_json::from_str(data).expect("json");
         let msg =
             tidings_protocol::server::Message::live("t".into(), data, from.into(), "now".into());
-        Utf8Bytes::from(tidings_protocol::ServerMessage::Message(msg).encode())
+        Frame::encode(&tidings_protocol::ServerMessage::Message(msg))
     }
 
     #[test]
@@ -610,7 +610,7 @@ mod tests {
         let Ok(Outbound::Frame(frame)) = rx_b.try_recv() else {
             panic!("b got nothing")
         };
-        let msg = tidings_protocol::ServerMessage::decode(frame.as_str()).expect("decode");
+        let msg = tidings_protocol::ServerMessage::decode(frame.json()).expect("decode");
         let tidings_protocol::ServerMessage::Message(m) = msg else {
             panic!("not a message")
         };
@@ -627,7 +627,7 @@ mod tests {
         let (b, mut rx_b) = mailbox(&hub, 8);
         hub.subscribe("t", &a);
         hub.subscribe("t", &b);
-        let frame = |n: u8| Utf8Bytes::from(format!("{{\"n\":{n}}}"));
+        let frame = |n: u8| Frame::text(format!("{{\"n\":{n}}}"));
         let run = Arc::new(DurableRun {
             topic: Arc::from("t"),
             first: 7,
@@ -696,7 +696,12 @@ mod tests {
             m.offer_reply(format!("r{i}").into());
         }
         assert!(!overflow.is_cancelled());
-        let waiting: Vec<String> = m.pending().take().iter().map(|f| f.to_string()).collect();
+        let waiting: Vec<String> = m
+            .pending()
+            .take()
+            .iter()
+            .map(|f| f.json().to_owned())
+            .collect();
         assert_eq!(waiting.len(), MIN_PENDING);
         assert_eq!(waiting.first().map(String::as_str), Some("r2"));
         assert_eq!(
@@ -705,10 +710,10 @@ mod tests {
         );
         assert!(m.pending().take().is_empty(), "taken once");
         // With nothing waiting any more, a reply goes straight into the queue.
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "r0"));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f.json() == "r0"));
         m.offer_reply("late".into());
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "r1"));
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f == "late"));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f.json() == "r1"));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f.json() == "late"));
         // Past the bound the connection is a slow consumer.
         m.offer_reply("a".into());
         m.offer_reply("b".into());

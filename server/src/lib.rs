@@ -50,6 +50,7 @@ mod retention;
 mod state;
 mod store;
 mod topic;
+mod wire;
 mod ws;
 
 use std::future::Future;

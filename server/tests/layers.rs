@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("forwarded", 0),
     ("topic", 0),
     ("presence", 0),
+    ("wire", 0),
     ("config", 1),
     ("auth", 2),
     // The durable log and the fan-out: never each other.

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use tidings_protocol::ServerMessage;
 use tidings_protocol::server::Message;
 
 use crate::hub::{DurableRun, Hub};
 use crate::store::{Commit, Listeners};
+use crate::wire::Frame;
 
 /// Most frames in one fan-out run (one queue slot of each subscriber): a queue of
 /// `queue_capacity` slots then holds at most this many times as many frames, all shared.
@@ -51,7 +51,7 @@ impl Listeners for Fanout {
                 row.offset,
                 epoch,
             ));
-            let frame = (Utf8Bytes::from(frame.encode()), *origin);
+            let frame = (Frame::encode(&frame), *origin);
             let index = open
                 .get(row.topic.as_ref())
                 .copied()
@@ -84,7 +84,7 @@ impl Listeners for Fanout {
     }
 
     fn ephemeral(&self, topic: &str, frame: &str) {
-        let frame = Utf8Bytes::from(frame.to_owned());
+        let frame = Frame::text(frame.to_owned());
         self.hub
             .publish(topic, None, || frame, std::time::Instant::now());
     }
@@ -152,7 +152,7 @@ mod tests {
             .collect();
         assert_eq!(shape, [("a", 1, 64), ("a", 65, 6), ("b", 5, 1)]);
         assert_eq!(runs[0].frames[1].1, Some(9), "the publisher of offset 2");
-        let first = ServerMessage::decode(runs[2].frames[0].0.as_str()).expect("frame");
+        let first = ServerMessage::decode(runs[2].frames[0].0.json()).expect("frame");
         let ServerMessage::Message(m) = first else {
             panic!("not a message")
         };

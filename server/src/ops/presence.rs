@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tidings_protocol::ServerMessage;
 use tidings_protocol::client::PresenceQuery;
 use tidings_protocol::server::{Member, MemberEvent, PresenceReply, PresenceStats};
@@ -21,6 +20,7 @@ use crate::clock::unix_millis;
 use crate::hub::ConnId;
 use crate::presence::Presence;
 use crate::store::{Command, PresenceChange, PresenceEntry, Store};
+use crate::wire::Frame;
 
 /// How often a node reaps the members other nodes left behind (their `leave` is seen within
 /// the TTL plus this).
@@ -167,7 +167,7 @@ pub async fn upkeep(presence: Arc<Presence>, store: Store, ttl: Duration) {
 
 /// Queue `frame` for this node's subscribers of `topic` except `origin`.
 fn announce(ops: &Ops, topic: &str, origin: Option<ConnId>, frame: &str) {
-    let bytes = Utf8Bytes::from(frame.to_owned());
+    let bytes = Frame::text(frame.to_owned());
     ops.hub
         .publish(topic, origin, || bytes, std::time::Instant::now());
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use tidings_protocol::server::Message;
 use tidings_protocol::{Json, MAX_ID_LEN, ServerMessage};
 
@@ -12,6 +11,7 @@ use super::{OpError, Ops, Who};
 use crate::clock;
 use crate::hub::ConnId;
 use crate::store::{Command, IdempotencyKey, Reply};
+use crate::wire::Frame;
 
 /// A publish, from any transport.
 pub struct PublishOp {
@@ -70,7 +70,7 @@ pub async fn publish(
         } = op;
         let frame = || {
             let message = Message::live(topic.clone(), data, from, clock::now_rfc3339());
-            Utf8Bytes::from(ServerMessage::Message(message).encode())
+            Frame::encode(&ServerMessage::Message(message))
         };
         if !ops.store.is_shared() {
             let delivery = ops.hub.publish(&topic, origin, frame, started);
@@ -84,7 +84,7 @@ pub async fn publish(
         ops.store
             .send(Command::Broadcast {
                 topic: Arc::from(topic.as_str()),
-                frame: frame.as_str().to_owned(),
+                frame: frame.json().to_owned(),
             })
             .await?;
         return Ok(Routed::Ephemeral {

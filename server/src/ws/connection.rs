@@ -13,15 +13,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt;
 use tidings_protocol::server::{Appended, Error as ErrorFrame, Member, Published, Subscribed};
 use tidings_protocol::{CloseCode, ServerMessage};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::codec::Incoming;
 use super::cursors::Cursors;
 use super::session::{Action, Env, Limits, Session, SubscribeAction};
+use super::socket::ReadError;
+use super::upgrade::WebSocket;
 use super::writer::{CLOSE_GRACE, Failed, Stop, Writer};
 use crate::auth::Identity;
 use crate::hub::{Mailbox, Outbound};
@@ -29,6 +30,7 @@ use crate::limits::ConnPermit;
 use crate::ops::{self, AppendOp, OpError, PublishOp, Routed, Subscription, Who};
 use crate::state::Shared;
 use crate::store::{Reply, StoreError};
+use crate::wire::Frame;
 
 /// Run one upgraded connection to its end.
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, permit: ConnPermit) {
@@ -86,7 +88,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
             // Give the client a moment to answer the close frame, then let go either way.
             let _ = Box::pin(timeout(CLOSE_GRACE, async {
                 while let Some(Ok(frame)) = writer.socket.next().await {
-                    if matches!(frame, Message::Close(_)) {
+                    if matches!(frame, Incoming::Close(_)) {
                         break;
                     }
                 }
@@ -94,8 +96,8 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
             .await;
         }
         End::PeerClosed => {
-            // tungstenite queued the answer to the peer's close frame (its code echoed, or
-            // 1002 for a code that may not be sent); it leaves with this flush.
+            // The socket queued the answer to the peer's close frame (its code echoed); it
+            // leaves with this flush. (A code that may not be sent is a protocol error: 1002.)
             Box::pin(writer.stop(Stop::Echo)).await;
         }
         End::Gone => {}
@@ -207,13 +209,13 @@ async fn read_loop(
                 };
                 last_seen = Instant::now();
                 match frame {
-                    Message::Text(text) => {
-                        session.on_text(&env, text.as_str(), last_seen.into(), &mut actions)
+                    Incoming::Text(text) => {
+                        session.on_text(&env, &text, last_seen.into(), &mut actions)
                     }
-                    Message::Binary(_) => session.on_binary(&env, &mut actions),
-                    // tungstenite answers pings itself; a pong only proves liveness.
-                    Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => return End::PeerClosed,
+                    Incoming::Binary => session.on_binary(&env, &mut actions),
+                    // The socket queued the pong; a pong only proves liveness.
+                    Incoming::Ping(_) | Incoming::Pong => {}
+                    Incoming::Close(_) => return End::PeerClosed,
                 }
                 for action in actions.drain(..) {
                     let who = (session.identity(), session.client_id());
@@ -232,6 +234,11 @@ async fn read_loop(
                 // Write the replies now, in this turn, rather than on the next wake-up.
                 if let Some(item) = mailbox.try_recv()
                     && let Err(failed) = writer.batch(item).await
+                {
+                    return ended(failed);
+                }
+                if writer.socket.queued() > 0
+                    && let Err(failed) = writer.flush().await
                 {
                     return ended(failed);
                 }
@@ -495,7 +502,7 @@ fn publish_reply(mailbox: Mailbox, r#ref: Option<String>) -> Reply {
             Ok(_) => return,
             Err(e) => store_refusal(&e, r#ref),
         };
-        mailbox.offer_reply(Utf8Bytes::from(frame.encode()));
+        mailbox.offer_reply(Frame::encode(&frame));
     })
 }
 
@@ -511,7 +518,7 @@ fn append_reply(mailbox: Mailbox, stream: String, r#ref: Option<String>) -> Repl
             }),
             Err(e) => store_refusal(&e, r#ref),
         };
-        mailbox.offer_reply(Utf8Bytes::from(frame.encode()));
+        mailbox.offer_reply(Frame::encode(&frame));
     })
 }
 
@@ -535,20 +542,13 @@ fn store_refusal(e: &StoreError, r#ref: Option<String>) -> ServerMessage {
     })
 }
 
-/// How a failed read ends the connection: with the close code RFC 6455 §7.4.1 gives the
-/// fault when a close frame can still be sent.
-fn read_error(e: axum::Error) -> End {
-    use tungstenite::error::ProtocolError;
-    let inner = e.into_inner();
-    tracing::debug!(error = %inner, "read failed");
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
-        Some(tungstenite::Error::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
-        )) => End::Gone,
-        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
-        _ => End::Gone,
+/// How a failed read ends the connection: a frame fault with the close code RFC 6455
+/// §7.4.1 gives it, a failed socket without a word.
+fn read_error(e: ReadError) -> End {
+    tracing::debug!(error = %e, "read failed");
+    match e {
+        ReadError::Frame(fault) => End::Close(fault.close_code()),
+        ReadError::Io(_) => End::Gone,
     }
 }
 
@@ -569,5 +569,5 @@ fn deadline(at: Option<SystemTime>) -> Instant {
 }
 
 fn encode(msg: &ServerMessage) -> Outbound {
-    Outbound::Frame(Utf8Bytes::from(msg.encode()))
+    Outbound::Frame(Frame::encode(msg))
 }

@@ -14,17 +14,17 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use tidings_protocol::ServerMessage;
 use tidings_protocol::server::Heartbeat;
 use tokio::time::timeout;
 
 use super::cursors::{Admit, Cursors};
+use super::upgrade::WebSocket;
 use crate::clock;
 use crate::hub::{ConnId, DurableRun, Mailbox, Outbound};
 use crate::ops;
 use crate::store::Store;
+use crate::wire::Frame;
 use tidings_protocol::CloseCode;
 
 /// How long a closing connection gets to flush its close frame.
@@ -33,6 +33,10 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Frames written before a flush, at most, when several are queued.
 const MAX_BATCH: usize = 64;
 
+/// Bytes queued in the socket before a write is forced (the writer flushes after each
+/// batch anyway).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Rows read from the store per page while catching up (the store also bounds it in bytes).
 const CATCH_UP_PAGE: usize = 256;
 
@@ -40,7 +44,7 @@ const CATCH_UP_PAGE: usize = 256;
 pub enum Stop {
     /// Send a close frame with this code.
     Close(CloseCode),
-    /// Flush the close frame tungstenite queued in answer to the peer's.
+    /// Flush the close frame the socket queued in answer to the peer's.
     Echo,
 }
 
@@ -97,11 +101,9 @@ impl Writer {
     pub async fn stop(&mut self, stop: Stop) {
         match stop {
             Stop::Close(code) => {
-                let frame = CloseFrame {
-                    code: code.code(),
-                    reason: code.reason().into(),
-                };
-                let _ = timeout(CLOSE_GRACE, self.socket.send(Message::Close(Some(frame)))).await;
+                self.socket
+                    .close(Frame::close(Some((code.code(), code.reason()))));
+                let _ = timeout(CLOSE_GRACE, self.socket.flush()).await;
             }
             Stop::Echo => {
                 let _ = timeout(CLOSE_GRACE, self.socket.flush()).await;
@@ -133,12 +135,18 @@ impl Writer {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), Failed> {
+    /// Write everything queued in the socket.
+    pub async fn flush(&mut self) -> Result<(), Failed> {
         bounded(self.stuck_timeout, self.socket.flush()).await
     }
 
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Failed> {
-        bounded(self.stuck_timeout, self.socket.feed(Message::Text(text))).await
+    /// Queue `frame` in the socket, writing first if a lot is queued already.
+    async fn feed(&mut self, frame: Frame) -> Result<(), Failed> {
+        if self.socket.queued() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        self.socket.feed(frame);
+        Ok(())
     }
 
     async fn write(&mut self, item: Outbound) -> Result<(), Failed> {
@@ -148,11 +156,8 @@ impl Writer {
                 let beat = ServerMessage::Heartbeat(Heartbeat {
                     timestamp: Some(clock::now_rfc3339()),
                 });
-                self.feed(beat.encode().into()).await?;
-                self.socket
-                    .feed(Message::Ping(Default::default()))
-                    .await
-                    .map_err(|_| Failed::Socket)
+                self.feed(Frame::encode(&beat)).await?;
+                self.feed(Frame::ping()).await
             }
             Outbound::Track { topic, from } => {
                 self.cursors.track(topic, from);
@@ -239,7 +244,7 @@ impl Writer {
                     continue;
                 }
                 let frame = ServerMessage::Message(ops::message(&row, &epoch));
-                self.feed(Utf8Bytes::from(frame.encode())).await?;
+                self.feed(Frame::encode(&frame)).await?;
             }
             self.cursors.advance(topic, cursor);
             self.flush().await?;
@@ -248,9 +253,8 @@ impl Writer {
     }
 }
 
-/// Runs one socket operation (a feed or a flush), arming the slow-consumer timer only if the
-/// operation cannot complete at once. Almost every frame just lands in tungstenite's write
-/// buffer and almost every flush completes in one `send`, so the common path creates no timer
+/// Runs one socket write, arming the slow-consumer timer only if it cannot complete at once.
+/// Almost every flush completes in one vectored `send`, so the common path creates no timer
 /// (creating one per frame cost ~10 % of the server's CPU in fan-out).
 async fn bounded<E>(
     limit: Duration,

@@ -1,0 +1,374 @@
+//! One WebSocket over a byte stream: messages in, [`Frame`]s out, and no buffer held while
+//! the connection is idle.
+//!
+//! Most connections are idle most of the time, so what an idle one holds decides how many a
+//! node can keep. Reads land in a buffer on the stack of the poll; only the unfinished part
+//! of a frame (rare: a frame split across TCP segments) is copied into a per-connection
+//! buffer, which is freed the moment it empties. Writes queue shared [`Frame`]s (no copy) and
+//! leave in vectored writes, up to [`MAX_IOVECS`] frames per system call; the queue's memory
+//! is freed once it drains.
+//!
+//! Control frames are handled here as RFC 6455 asks: a ping is answered with a pong carrying
+//! its data (§5.5.2), and a close is answered with a close carrying its status code (§5.5.1),
+//! after which nothing more is sent. What the connection sees is [`Incoming`]: messages, and
+//! pings, pongs and closes as proof of liveness and of the end.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::codec::{Decoder, FrameError, Incoming};
+use crate::wire::Frame;
+
+/// Bytes read per system call into the poll's stack buffer.
+const READ_CHUNK: usize = 4096;
+/// The most bytes read at once into the connection's own buffer, for a large frame.
+const MAX_READ: usize = 64 * 1024;
+/// Frames written per system call, at most.
+pub const MAX_IOVECS: usize = 64;
+
+/// Why reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The client broke RFC 6455 or sent too much: close with the fault's code.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A server-side WebSocket over `S` (the upgraded HTTP connection; a duplex pipe in tests).
+pub struct Socket<S> {
+    io: S,
+    decoder: Decoder,
+    /// The start of a frame that has not all arrived (empty, unallocated, between frames).
+    input: BytesMut,
+    /// Frames waiting to be written, oldest first (unallocated when none wait).
+    output: VecDeque<Frame>,
+    /// Bytes of `output[0]` already written.
+    written: usize,
+    /// Bytes in `output`, less `written`.
+    queued: usize,
+    /// A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
+    close_sent: bool,
+    /// The client's close arrived, or the stream ended: nothing more is read.
+    read_done: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    /// A WebSocket on `io` (the handshake done), refusing messages over `max_message` bytes.
+    pub fn new(io: S, max_message: usize) -> Self {
+        Socket {
+            io,
+            decoder: Decoder::new(max_message),
+            input: BytesMut::new(),
+            output: VecDeque::new(),
+            written: 0,
+            queued: 0,
+            close_sent: false,
+            read_done: false,
+        }
+    }
+
+    /// The next message or control frame; `None` once the stream has ended (or after the
+    /// client's close).
+    ///
+    /// # Errors
+    /// [`ReadError::Frame`] for a frame that breaks RFC 6455 (close with its code), and
+    /// [`ReadError::Io`] when the socket fails.
+    pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Poll for the next message (see [`Socket::next`]).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, ReadError>>> {
+        loop {
+            if self.read_done {
+                return Poll::Ready(None);
+            }
+            if !self.input.is_empty() {
+                match self.decoder.decode(&self.input) {
+                    Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
+                    Ok(Some((used, message))) => {
+                        self.input.advance(used);
+                        if self.input.is_empty() {
+                            // Give the memory back: most connections now go quiet.
+                            self.input = BytesMut::new();
+                        }
+                        match message {
+                            Some(message) => return Poll::Ready(Some(Ok(self.seen(message)))),
+                            None => continue,
+                        }
+                    }
+                    Ok(None) => {
+                        // A frame is arriving: read into the connection's buffer, as much
+                        // of it as is missing (within bounds).
+                        let need = match self.decoder.frame_len(&self.input) {
+                            Ok(total) => total.unwrap_or(16).saturating_sub(self.input.len()),
+                            Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
+                        };
+                        self.input.reserve(need.clamp(READ_CHUNK, MAX_READ));
+                        let n = match ready!(tokio_util::io::poll_read_buf(
+                            Pin::new(&mut self.io),
+                            cx,
+                            &mut self.input
+                        )) {
+                            Ok(n) => n,
+                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                        };
+                        if n == 0 {
+                            self.read_done = true;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Between frames: read into the stack, so a connection waiting here holds no
+            // buffer; decode what arrived straight from it.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            if let Err(e) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            let got = buf.filled();
+            if got.is_empty() {
+                self.read_done = true;
+                return Poll::Ready(None);
+            }
+            match self.decoder.decode(got) {
+                Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
+                Ok(Some((used, message))) => {
+                    if let Some(rest) = got.get(used..).filter(|rest| !rest.is_empty()) {
+                        self.input.extend_from_slice(rest);
+                    }
+                    if let Some(message) = message {
+                        return Poll::Ready(Some(Ok(self.seen(message))));
+                    }
+                }
+                Ok(None) => self.input.extend_from_slice(got),
+            }
+        }
+    }
+
+    /// A read fault ends reading.
+    fn failed(&mut self, e: FrameError) -> ReadError {
+        self.read_done = true;
+        self.input = BytesMut::new();
+        ReadError::Frame(e)
+    }
+
+    /// Answer what needs an answer: a pong for a ping, the close handshake for a close.
+    fn seen(&mut self, message: Incoming) -> Incoming {
+        match &message {
+            Incoming::Ping(data) => self.feed(Frame::pong(data)),
+            Incoming::Close(code) => {
+                self.read_done = true;
+                self.input = BytesMut::new();
+                // Echo the status code (RFC 6455 §5.5.1), unless we closed first.
+                self.close(Frame::close(code.map(|c| (c, ""))));
+            }
+            Incoming::Text(_) | Incoming::Binary | Incoming::Pong => {}
+        }
+        message
+    }
+
+    /// Queue `frame` to be written by the next flush (dropped once a close is queued).
+    pub fn feed(&mut self, frame: Frame) {
+        if self.close_sent {
+            return;
+        }
+        self.queued += frame.len();
+        self.output.push_back(frame);
+    }
+
+    /// Queue a close frame: the last frame this socket sends.
+    pub fn close(&mut self, frame: Frame) {
+        self.feed(frame);
+        self.close_sent = true;
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Write everything queued.
+    ///
+    /// # Errors
+    /// When the socket fails.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Poll writing everything queued (see [`Socket::flush`]).
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.output.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.output) {
+                let bytes = frame.as_bytes();
+                *slot = IoSlice::new(if count == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+                count += 1;
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(n);
+        }
+        if self.output.capacity() > 0 {
+            // Give the memory back: most connections now go quiet.
+            self.output = VecDeque::new();
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Account for `n` bytes written from the front of the queue.
+    fn consume(&mut self, mut n: usize) {
+        self.queued = self.queued.saturating_sub(n);
+        while let Some(front) = self.output.front() {
+            let left = front.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.output.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+    use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+    async fn pair(max: usize) -> (Socket<DuplexStream>, WebSocketStream<DuplexStream>) {
+        // A small pipe, so large writes take several system calls.
+        let (server, client) = tokio::io::duplex(1024);
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (Socket::new(server, max), client)
+    }
+
+    #[tokio::test]
+    async fn messages_in_both_directions_and_the_buffers_are_freed() {
+        let (mut server, mut client) = pair(1 << 20).await;
+        let big = "z".repeat(200_000);
+        let sent = big.clone();
+        let reader = tokio::spawn(async move {
+            client.send(Message::text("{\"a\":1}")).await.expect("send");
+            client.send(Message::text(sent)).await.expect("send");
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                match client.next().await {
+                    Some(Ok(Message::Text(t))) => got.push(t.as_str().len()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            (client, got)
+        });
+        assert_eq!(
+            server.next().await.expect("one").expect("ok"),
+            Incoming::Text("{\"a\":1}".into())
+        );
+        assert_eq!(
+            server.next().await.expect("two").expect("ok"),
+            Incoming::Text(big)
+        );
+        assert_eq!(server.input.capacity(), 0);
+        for n in [10usize, 5000, 100_000] {
+            server.feed(Frame::text("y".repeat(n)));
+        }
+        assert!(server.queued() > 105_000);
+        server.flush().await.expect("flush");
+        assert_eq!((server.queued(), server.output.capacity()), (0, 0));
+        let (_client, got) = reader.await.expect("reader");
+        assert_eq!(got, vec![10, 5000, 100_000]);
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_a_close_is_echoed() {
+        let (mut server, mut client) = pair(1024).await;
+        client
+            .send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .expect("ping");
+        assert_eq!(
+            server.next().await.expect("ping").expect("ok"),
+            Incoming::Ping(b"are you there".to_vec())
+        );
+        server.flush().await.expect("flush");
+        match client.next().await {
+            Some(Ok(Message::Pong(data))) => assert_eq!(&data[..], b"are you there"),
+            other => panic!("{other:?}"),
+        }
+        client
+            .close(Some(CloseFrame {
+                code: CloseCode::Library(4100),
+                reason: "bye".into(),
+            }))
+            .await
+            .expect("close");
+        assert_eq!(
+            server.next().await.expect("close").expect("ok"),
+            Incoming::Close(Some(4100))
+        );
+        // Nothing more is read, and nothing is sent after the close.
+        assert!(server.next().await.is_none());
+        server.feed(Frame::text("late".into()));
+        server.flush().await.expect("flush");
+        match client.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4100),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_ends_reading_and_a_split_frame_is_reassembled() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = Socket::new(server, 1024);
+        // A masked "Hello" (RFC 6455 §5.7), one byte per write, then an unmasked frame.
+        let hello = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let writer = tokio::spawn(async move {
+            for b in hello {
+                client.write_all(&[b]).await.expect("write");
+                client.flush().await.expect("flush");
+                tokio::task::yield_now().await;
+            }
+            client.write_all(&[0x81, 0x01, b'x']).await.expect("write");
+            let mut rest = Vec::new();
+            let _ = client.read_to_end(&mut rest).await;
+        });
+        assert_eq!(
+            server.next().await.expect("hello").expect("ok"),
+            Incoming::Text("Hello".into())
+        );
+        match server.next().await {
+            Some(Err(ReadError::Frame(e))) => {
+                assert_eq!(e.close_code(), tidings_protocol::CloseCode::ProtocolError);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(server.next().await.is_none());
+        drop(server);
+        writer.await.expect("writer");
+    }
+}
