@@ -21,7 +21,6 @@ use std::future::poll_fn;
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::wire::Frame;
@@ -129,8 +128,9 @@ struct Inner {
     capacity: usize,
     /// The connection task, woken when an item or a waiting reply arrives.
     waker: AtomicWaker,
-    /// Tripped when the queue overflows; the session watches it.
-    overflow: CancellationToken,
+    /// Set when the queue overflows (the connection's task is woken to close it as a slow
+    /// consumer). A flag rather than a cancellation token: no allocation per connection.
+    overflow: AtomicBool,
     /// Set when a durable frame could not be queued: the connection catches up from the store.
     lagging: AtomicBool,
     /// Replies from the store's writer that found the queue full.
@@ -160,7 +160,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// A mailbox for connection `id` whose queue holds at most `capacity` items.
-    pub fn new(id: ConnId, capacity: usize, overflow: CancellationToken) -> Self {
+    pub fn new(id: ConnId, capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Mailbox {
             id,
@@ -168,7 +168,7 @@ impl Mailbox {
                 queue: Mutex::new(Queue::default()),
                 capacity,
                 waker: AtomicWaker::new(),
-                overflow,
+                overflow: AtomicBool::new(false),
                 lagging: AtomicBool::new(false),
                 pending: Pending {
                     replies: Mutex::new(VecDeque::new()),
@@ -212,23 +212,42 @@ impl Mailbox {
     }
 
     /// Wait for the next queued item (the connection's task only). Also wakes, with
-    /// [`Outbound::Wake`], when replies wait beside the queue.
-    pub async fn recv(&self) -> Outbound {
+    /// [`Outbound::Wake`], when replies wait beside the queue; `None` once the queue has
+    /// overflowed (the connection is a slow consumer).
+    pub async fn recv(&self) -> Option<Outbound> {
         poll_fn(|cx| {
+            if self.overflowed() {
+                return Poll::Ready(None);
+            }
             if let Some(item) = self.try_recv() {
-                return Poll::Ready(item);
+                return Poll::Ready(Some(item));
             }
             self.inner.waker.register(cx.waker());
-            // An item may have arrived between the check and the registration.
+            // An item (or the overflow) may have arrived between the check and the
+            // registration.
+            if self.overflowed() {
+                return Poll::Ready(None);
+            }
             match self.try_recv() {
-                Some(item) => Poll::Ready(item),
+                Some(item) => Poll::Ready(Some(item)),
                 None if self.inner.pending.waiting.load(Ordering::Acquire) => {
-                    Poll::Ready(Outbound::Wake)
+                    Poll::Ready(Some(Outbound::Wake))
                 }
                 None => Poll::Pending,
             }
         })
         .await
+    }
+
+    /// Whether the queue has overflowed: the connection is a slow consumer.
+    pub fn overflowed(&self) -> bool {
+        self.inner.overflow.load(Ordering::Acquire)
+    }
+
+    /// Mark the queue as overflowed and wake the connection to close it.
+    fn trip(&self) {
+        self.inner.overflow.store(true, Ordering::Release);
+        self.inner.waker.wake();
     }
 
     /// The connection ended: drop what is queued and refuse what comes.
@@ -245,11 +264,6 @@ impl Mailbox {
     /// The replies waiting beside the queue, for the connection's writer.
     pub fn pending(&self) -> &Pending {
         &self.inner.pending
-    }
-
-    /// The signal that trips when this connection is a slow consumer.
-    pub fn overflow(&self) -> &CancellationToken {
-        &self.inner.overflow
     }
 
     /// Queue a reply from a thread that cannot wait (the store's writer: acks, conflicts,
@@ -272,7 +286,7 @@ impl Mailbox {
             }
         } else if replies.len() >= pending.cap {
             drop(replies);
-            self.inner.overflow.cancel();
+            self.trip();
             return;
         } else {
             replies.push_back(frame);
@@ -323,7 +337,7 @@ impl Mailbox {
         match self.push(item) {
             Ok(()) => true,
             Err(Refused::Full(_)) => {
-                self.inner.overflow.cancel();
+                self.trip();
                 false
             }
             Err(Refused::Closed) => false,
@@ -487,7 +501,7 @@ impl Hub {
                 }
                 if mailbox.offer(Outbound::Frame(frame.clone())) {
                     delivery.queued += 1;
-                } else if mailbox.overflow().is_cancelled() {
+                } else if mailbox.overflowed() {
                     delivery.overflowed += 1;
                 }
             }
@@ -573,7 +587,7 @@ mod tests {
     }
 
     fn mailbox(hub: &Hub, cap: usize) -> (Mailbox, Rx) {
-        let m = Mailbox::new(hub.next_conn_id(), cap, CancellationToken::new());
+        let m = Mailbox::new(hub.next_conn_id(), cap);
         (m.clone(), Rx(m))
     }
 
@@ -667,8 +681,8 @@ mod tests {
             hub.publish("t", None, || frame("server", "1"), Instant::now());
             assert!(rx_fast.try_recv().is_ok());
         }
-        assert!(slow.overflow().is_cancelled());
-        assert!(!fast.overflow().is_cancelled());
+        assert!(slow.overflowed());
+        assert!(!fast.overflowed());
     }
 
     #[test]
@@ -688,14 +702,13 @@ mod tests {
     fn replies_wait_beside_a_full_queue_in_order_and_only_too_many_overflow() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let (m, mut rx) = mailbox(&hub, 2);
-        let overflow = m.overflow().clone();
         m.offer_reply("r0".into());
         m.offer_reply("r1".into());
         // The queue is full: replies wait beside it, in order, and nothing overflows.
         for i in 2..(MIN_PENDING + 2) {
             m.offer_reply(format!("r{i}").into());
         }
-        assert!(!overflow.is_cancelled());
+        assert!(!m.overflowed());
         let waiting: Vec<String> = m
             .pending()
             .take()
@@ -720,6 +733,6 @@ mod tests {
         for _ in 0..=MIN_PENDING {
             m.offer_reply("more".into());
         }
-        assert!(overflow.is_cancelled());
+        assert!(m.overflowed());
     }
 }

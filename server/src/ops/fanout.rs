@@ -98,8 +98,6 @@ impl Listeners for Fanout {
 mod tests {
     use std::time::Instant;
 
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
     use crate::hub::{Mailbox, Outbound};
     use crate::metrics::Metrics;
@@ -120,7 +118,7 @@ mod tests {
     #[test]
     fn a_commit_becomes_one_run_per_topic_with_origins_and_epochs() {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-        let m = Mailbox::new(1, 8, CancellationToken::new());
+        let m = Mailbox::new(1, 8);
         hub.subscribe("a", &m);
         hub.subscribe("b", &m);
         let rows: Vec<Row> = (1..=70).map(|i| row("a", i)).chain([row("b", 5)]).collect();

@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tidings_protocol::server::{Appended, Error as ErrorFrame, Member, Published, Subscribed};
 use tidings_protocol::{CloseCode, ServerMessage};
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, sleep_until, timeout};
 
 use super::codec::Incoming;
 use super::cursors::Cursors;
@@ -37,12 +36,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     let _permit = permit;
     let ops = &shared.ops;
     let config = &ops.config;
-    let overflow = CancellationToken::new();
-    let mailbox = Mailbox::new(
-        ops.hub.next_conn_id(),
-        config.queue_capacity,
-        overflow.clone(),
-    );
+    let mailbox = Mailbox::new(ops.hub.next_conn_id(), config.queue_capacity);
     let client_id = format!("{}-{}", shared.node, mailbox.id());
     let session = Session::new(
         client_id,
@@ -70,7 +64,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
     };
     mailbox.offer(encode(&live.session.connected()));
 
-    let end = read_loop(&shared, &mut live.session, &overflow, &mut writer).await;
+    let end = read_loop(&shared, &mut live.session, &mut writer).await;
     mailbox.close();
 
     match end {
@@ -151,100 +145,132 @@ impl Drop for OpenGauge<'_> {
 }
 
 /// Read frames until the connection should end, and say how it ended.
-async fn read_loop(
+///
+/// Most connections wait here almost all the time, so what this future holds while it
+/// waits is what an idle connection costs: the session, the writer, one timer (the next
+/// heartbeat or the token's expiry, whichever comes first) and the shutdown signal. The work
+/// a wake-up does (writing a batch, carrying out the session's actions) runs in boxed
+/// futures that exist only while it runs.
+async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) -> End {
+    let mailbox = writer.mailbox.clone();
+    let config = &shared.ops.config;
+    let mut next_beat = Instant::now() + config.heartbeat_interval;
+    let mut last_seen = Instant::now();
+    let mut valid_until = session.valid_until();
+    let mut expires = deadline(valid_until);
+    let timer = sleep_until(next_beat.min(expires));
+    tokio::pin!(timer);
+    // Created once, not per wake-up: each `cancelled()` future registers with (and on drop
+    // leaves) the token's waiter list under a lock, and the shutdown token is shared by every
+    // connection of the server.
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+
+    loop {
+        let woke = tokio::select! {
+            biased;
+            _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
+            _ = &mut timer => Wake::Timer,
+            item = mailbox.recv() => match item {
+                Some(item) => Wake::Queued(item),
+                None => return End::Close(CloseCode::SlowConsumer),
+            },
+            frame = writer.socket.next() => match frame {
+                None => return End::Gone,
+                Some(Ok(frame)) => Wake::Read(frame),
+                Some(Err(e)) => return read_error(e),
+            },
+        };
+        // A timer that fired must be armed again even for the same deadline.
+        let fired = matches!(woke, Wake::Timer);
+        match woke {
+            Wake::Timer => {
+                let now = Instant::now();
+                if now >= expires {
+                    return End::Close(CloseCode::TokenExpired);
+                }
+                if now >= next_beat {
+                    if last_seen.elapsed() > config.heartbeat_timeout {
+                        return End::Close(CloseCode::HeartbeatTimeout);
+                    }
+                    // A full queue is busy writing anyway: skip the beat rather than wait.
+                    let _ = mailbox.try_queue(Outbound::Heartbeat);
+                    next_beat = now + config.heartbeat_interval;
+                }
+            }
+            Wake::Queued(item) => {
+                if let Err(failed) = Box::pin(writer.batch(item)).await {
+                    return ended(failed);
+                }
+            }
+            Wake::Read(frame) => {
+                last_seen = Instant::now();
+                if let Err(end) =
+                    Box::pin(on_frame(shared, session, writer, frame, last_seen)).await
+                {
+                    return end;
+                }
+                if session.valid_until() != valid_until {
+                    valid_until = session.valid_until();
+                    expires = deadline(valid_until);
+                }
+            }
+        }
+        let wake_at = next_beat.min(expires);
+        if fired || timer.deadline() != wake_at {
+            timer.as_mut().reset(wake_at);
+        }
+    }
+}
+
+/// What woke the connection.
+enum Wake {
+    /// The heartbeat or the token's expiry is due.
+    Timer,
+    /// An item arrived in the queue.
+    Queued(Outbound),
+    /// A frame arrived from the client.
+    Read(Incoming),
+}
+
+/// Handle one frame from the client: feed it to the session, carry out its actions, and
+/// write the replies (and any pong) in this turn rather than on the next wake-up.
+async fn on_frame(
     shared: &Shared,
     session: &mut Session,
-    overflow: &CancellationToken,
     writer: &mut Writer,
-) -> End {
-    let mailbox = writer.mailbox.clone();
+    frame: Incoming,
+    now: Instant,
+) -> Result<(), End> {
     let ops = &shared.ops;
-    let config = &ops.config;
     let env = Env {
         auth: &ops.auth,
         metrics: &ops.metrics,
     };
-    let mut heartbeat = interval_at(
-        Instant::now() + config.heartbeat_interval,
-        config.heartbeat_interval,
-    );
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    let mut valid_until = session.valid_until();
-    let expiry = sleep_until(deadline(valid_until));
-    tokio::pin!(expiry);
-    // Created once, not per frame: each `cancelled()` future registers with (and on drop
-    // leaves) its token's waiter list under a lock, and the shutdown token is shared by every
-    // connection of the server.
-    let shutdown = shared.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    let overflowed = overflow.cancelled();
-    tokio::pin!(overflowed);
     let mut actions = Vec::new();
+    match frame {
+        Incoming::Text(text) => session.on_text(&env, &text, now.into(), &mut actions),
+        Incoming::Binary => session.on_binary(&env, &mut actions),
+        // The socket queued the pong; a pong only proves liveness.
+        Incoming::Ping(_) | Incoming::Pong => {}
+        Incoming::Close(_) => return Err(End::PeerClosed),
+    }
     let mut unavailable = Vec::new();
-
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
-            _ = &mut overflowed => return End::Close(CloseCode::SlowConsumer),
-            _ = &mut expiry => return End::Close(CloseCode::TokenExpired),
-            _ = heartbeat.tick() => {
-                if last_seen.elapsed() > config.heartbeat_timeout {
-                    return End::Close(CloseCode::HeartbeatTimeout);
-                }
-                // A full queue is busy writing anyway: skip the beat rather than wait.
-                let _ = mailbox.try_queue(Outbound::Heartbeat);
-            }
-            item = mailbox.recv() => {
-                if let Err(failed) = writer.batch(item).await {
-                    return ended(failed);
-                }
-            }
-            frame = writer.socket.next() => {
-                let frame = match frame {
-                    None => return End::Gone,
-                    Some(Ok(frame)) => frame,
-                    Some(Err(e)) => return read_error(e),
-                };
-                last_seen = Instant::now();
-                match frame {
-                    Incoming::Text(text) => {
-                        session.on_text(&env, &text, last_seen.into(), &mut actions)
-                    }
-                    Incoming::Binary => session.on_binary(&env, &mut actions),
-                    // The socket queued the pong; a pong only proves liveness.
-                    Incoming::Ping(_) | Incoming::Pong => {}
-                    Incoming::Close(_) => return End::PeerClosed,
-                }
-                for action in actions.drain(..) {
-                    let who = (session.identity(), session.client_id());
-                    if let Err(end) = perform(shared, who, writer, action, &mut unavailable).await {
-                        return end;
-                    }
-                    // Subscriptions the store could not start are not subscriptions.
-                    for topic in unavailable.drain(..) {
-                        session.forget(&topic);
-                    }
-                }
-                if session.valid_until() != valid_until {
-                    valid_until = session.valid_until();
-                    expiry.as_mut().reset(deadline(valid_until));
-                }
-                // Write the replies now, in this turn, rather than on the next wake-up.
-                if let Some(item) = mailbox.try_recv()
-                    && let Err(failed) = writer.batch(item).await
-                {
-                    return ended(failed);
-                }
-                if writer.socket.queued() > 0
-                    && let Err(failed) = writer.flush().await
-                {
-                    return ended(failed);
-                }
-            }
+    for action in actions {
+        let who = (session.identity(), session.client_id());
+        perform(shared, who, writer, action, &mut unavailable).await?;
+        // Subscriptions the store could not start are not subscriptions.
+        for topic in unavailable.drain(..) {
+            session.forget(&topic);
         }
     }
+    if let Some(item) = writer.mailbox.try_recv() {
+        writer.batch(item).await.map_err(ended)?;
+    }
+    if writer.socket.queued() > 0 {
+        writer.flush().await.map_err(ended)?;
+    }
+    Ok(())
 }
 
 /// Carry out one action of the session.
