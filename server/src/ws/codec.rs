@@ -105,7 +105,8 @@ enum Next {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    partial: Option<Partial>,
+    /// Boxed: fragmented messages are rare, and every idle connection holds a decoder.
+    partial: Option<Box<Partial>>,
 }
 
 impl Decoder {
@@ -163,22 +164,22 @@ impl Decoder {
             )),
             BINARY if fin => Some(Incoming::Binary),
             TEXT => {
-                self.partial = Some(Partial::Text(unmask(payload, mask)));
+                self.partial = Some(Box::new(Partial::Text(unmask(payload, mask))));
                 None
             }
             BINARY => {
-                self.partial = Some(Partial::Binary(len));
+                self.partial = Some(Box::new(Partial::Binary(len)));
                 None
             }
             _ => {
                 // A continuation: `header` checked that a message is in progress.
-                match &mut self.partial {
+                match self.partial.as_deref_mut() {
                     Some(Partial::Text(bytes)) => unmask_into(bytes, payload, mask),
                     Some(Partial::Binary(total)) => *total += len,
                     None => return Err(FrameError::Protocol("continuation of nothing")),
                 }
                 if fin {
-                    match self.partial.take() {
+                    match self.partial.take().map(|p| *p) {
                         Some(Partial::Text(bytes)) => Some(Incoming::Text(
                             String::from_utf8(bytes).map_err(|_| FrameError::Utf8)?,
                         )),
@@ -213,7 +214,7 @@ impl Decoder {
         let head = 2 + extra + 4;
         let Some(rest) = input.get(2..head) else {
             // The opcode can be judged before the length is in.
-            check_opcode(opcode, fin, None, self.partial.as_ref())?;
+            check_opcode(opcode, fin, None, self.partial.as_deref())?;
             return Ok(Next::Header);
         };
         let declared: u64 = match short {
@@ -225,9 +226,9 @@ impl Decoder {
         if declared >> 63 != 0 {
             return Err(FrameError::Protocol("frame length out of range"));
         }
-        check_opcode(opcode, fin, Some(declared), self.partial.as_ref())?;
+        check_opcode(opcode, fin, Some(declared), self.partial.as_deref())?;
         // Data frames count toward the message; the sum cannot overflow: both are bounded.
-        let so_far = self.partial.as_ref().map_or(0, Partial::len) as u64;
+        let so_far = self.partial.as_deref().map_or(0, Partial::len) as u64;
         if opcode < CLOSE && so_far.saturating_add(declared) > self.max_message as u64 {
             return Err(FrameError::TooBig(self.max_message));
         }

@@ -31,9 +31,17 @@ use crate::state::Shared;
 use crate::store::{Reply, StoreError};
 use crate::wire::Frame;
 
-/// Run one upgraded connection to its end.
-pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, permit: ConnPermit) {
-    let _permit = permit;
+/// Start one upgraded connection; the future runs it to its end.
+///
+/// The connection's state is built here, before the future exists, and moved into it once:
+/// an `async fn` would keep its arguments in the future beside the state made of them, and
+/// this future is what every idle connection holds.
+pub fn run(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    identity: Identity,
+    permit: ConnPermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let ops = &shared.ops;
     let config = &ops.config;
     let mailbox = Mailbox::new(ops.hub.next_conn_id(), config.queue_capacity);
@@ -44,75 +52,86 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, identity: Identity, per
         Limits::of(config),
         Instant::now().into(),
     );
-    // Unsubscribes everything when the connection ends, however it ends (a panic included).
-    let mut live = Live {
-        session,
-        shared: &shared,
-        mailbox: &mailbox,
-    };
-    let _open = OpenGauge::new(&shared);
-    tracing::debug!(client_id = live.session.client_id(), "connected");
-
-    let mut writer = Writer {
+    ops.metrics.connections.inc();
+    ops.metrics.connections_opened.inc();
+    tracing::debug!(client_id = session.client_id(), "connected");
+    mailbox.offer(encode(&session.connected()));
+    let writer = Writer {
         id: mailbox.id(),
-        client_id: live.session.client_id().into(),
+        client_id: session.client_id().into(),
         socket,
-        mailbox: mailbox.clone(),
-        store: ops.store.clone(),
+        mailbox,
+        shared: Arc::clone(&shared),
         cursors: Cursors::default(),
-        stuck_timeout: config.slow_consumer_timeout,
     };
-    mailbox.offer(encode(&live.session.connected()));
-
-    let end = read_loop(&shared, &mut live.session, &mut writer).await;
-    mailbox.close();
-
-    match end {
-        End::Close(code) => {
-            ops.metrics.closed(code.code());
-            if code == CloseCode::SlowConsumer {
-                ops.metrics.slow_consumer_closes.inc();
-            }
-            tracing::debug!(
-                client_id = live.session.client_id(),
-                code = code.code(),
-                "closing"
-            );
-            Box::pin(writer.stop(Stop::Close(code))).await;
-            // Give the client a moment to answer the close frame, then let go either way.
-            let _ = Box::pin(timeout(CLOSE_GRACE, async {
-                while let Some(Ok(frame)) = writer.socket.next().await {
-                    if matches!(frame, Incoming::Close(_)) {
-                        break;
-                    }
-                }
-            }))
-            .await;
-        }
-        End::PeerClosed => {
-            // The socket queued the answer to the peer's close frame (its code echoed); it
-            // leaves with this flush. (A code that may not be sent is a protocol error: 1002.)
-            Box::pin(writer.stop(Stop::Echo)).await;
-        }
-        End::Gone => {}
-    }
-    tracing::debug!(client_id = live.session.client_id(), "disconnected");
+    let mut connection = Connection {
+        session,
+        writer,
+        shared,
+        _permit: permit,
+    };
+    async move { connection.drive().await }
 }
 
-/// A live session: dropping it removes the connection from every topic it subscribed to.
-struct Live<'a> {
+/// One live connection. Dropping it, however the connection ends (a panic included: tokio
+/// catches it and drops the task), removes it from every topic it subscribed to, makes it
+/// leave their presence, and stops counting it in the `connections` gauge; the permit goes
+/// last.
+struct Connection {
     session: Session,
-    shared: &'a Shared,
-    mailbox: &'a Mailbox,
+    writer: Writer,
+    shared: Arc<Shared>,
+    _permit: ConnPermit,
 }
 
-impl Drop for Live<'_> {
+impl Connection {
+    /// Read, write and carry out the session's actions until the connection ends, then
+    /// close it as RFC 6455 asks.
+    async fn drive(&mut self) {
+        let end = read_loop(&self.shared, &mut self.session, &mut self.writer).await;
+        self.writer.mailbox.close();
+        let client_id = self.session.client_id();
+        let metrics = &self.shared.ops.metrics;
+        match end {
+            End::Close(code) => {
+                metrics.closed(code.code());
+                if code == CloseCode::SlowConsumer {
+                    metrics.slow_consumer_closes.inc();
+                }
+                tracing::debug!(client_id, code = code.code(), "closing");
+                Box::pin(self.writer.stop(Stop::Close(code))).await;
+                // Give the client a moment to answer the close frame, then let go either way.
+                let socket = &mut self.writer.socket;
+                let _ = Box::pin(timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(frame)) = socket.next().await {
+                        if matches!(frame, Incoming::Close(_)) {
+                            break;
+                        }
+                    }
+                }))
+                .await;
+            }
+            End::PeerClosed => {
+                // The socket queued the answer to the peer's close frame (its code echoed);
+                // it leaves with this flush. (A code that may not be sent is a protocol
+                // error: 1002.)
+                Box::pin(self.writer.stop(Stop::Echo)).await;
+            }
+            End::Gone => {}
+        }
+        tracing::debug!(client_id, "disconnected");
+    }
+}
+
+impl Drop for Connection {
     fn drop(&mut self) {
+        let ops = &self.shared.ops;
         let client_id = self.session.client_id();
         for topic in self.session.subscriptions() {
-            ops::unsubscribe(&self.shared.ops, self.mailbox.id(), topic);
-            ops::presence::leave(&self.shared.ops, topic, client_id);
+            ops::unsubscribe(ops, self.writer.mailbox.id(), topic);
+            ops::presence::leave(ops, topic, client_id);
         }
+        ops.metrics.connections.dec();
     }
 }
 
@@ -124,24 +143,6 @@ enum End {
     PeerClosed,
     /// The socket is gone (or the writer stopped): nothing more can be sent.
     Gone,
-}
-
-/// Counts the connection in the `connections` gauge for as long as it lives — including when
-/// its task ends by panic (tokio catches it; this guard, the session and the permit clean up).
-struct OpenGauge<'a>(&'a Shared);
-
-impl<'a> OpenGauge<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        shared.ops.metrics.connections.inc();
-        shared.ops.metrics.connections_opened.inc();
-        OpenGauge(shared)
-    }
-}
-
-impl Drop for OpenGauge<'_> {
-    fn drop(&mut self) {
-        self.0.ops.metrics.connections.dec();
-    }
 }
 
 /// Read frames until the connection should end, and say how it ended.

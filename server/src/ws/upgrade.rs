@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
@@ -145,13 +147,16 @@ impl Upgrade {
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => session(Socket::new(TokioIo::new(upgraded), max_message)).await,
-                Err(e) => tracing::debug!("the upgrade did not complete: {e}"),
+        // A combinator, not an `async` block: the block would keep `session` in the task
+        // beside the connection's future for the connection's whole life.
+        let connection = self.on_upgrade.then(move |upgraded| match upgraded {
+            Ok(upgraded) => Either::Left(session(Socket::new(TokioIo::new(upgraded), max_message))),
+            Err(e) => {
+                tracing::debug!("the upgrade did not complete: {e}");
+                Either::Right(std::future::ready(()))
             }
         });
+        tokio::spawn(connection);
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

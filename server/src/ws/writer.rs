@@ -23,7 +23,7 @@ use super::upgrade::WebSocket;
 use crate::clock;
 use crate::hub::{ConnId, DurableRun, Mailbox, Outbound};
 use crate::ops;
-use crate::store::Store;
+use crate::state::Shared;
 use crate::wire::Frame;
 use tidings_protocol::CloseCode;
 
@@ -68,11 +68,10 @@ pub struct Writer {
     pub socket: WebSocket,
     /// The connection's queue (the hub, the store's replies and the session push into it).
     pub mailbox: Mailbox,
-    pub store: Store,
+    /// The server (its store, to catch up from; its slow-consumer timeout).
+    pub shared: Arc<Shared>,
     /// Last offset sent, per tracked durable topic.
     pub cursors: Cursors,
-    /// How long the socket may accept nothing.
-    pub stuck_timeout: Duration,
 }
 
 impl Writer {
@@ -137,7 +136,11 @@ impl Writer {
 
     /// Write everything queued in the socket.
     pub async fn flush(&mut self) -> Result<(), Failed> {
-        bounded(self.stuck_timeout, self.socket.flush()).await
+        bounded(
+            self.shared.ops.config.slow_consumer_timeout,
+            self.socket.flush(),
+        )
+        .await
     }
 
     /// Queue `frame` in the socket, writing first if a lot is queued already.
@@ -198,7 +201,7 @@ impl Writer {
     /// (`own`: the client asked for this replay with `since`, so its own messages are part of
     /// it.)
     async fn sync(&mut self, topic: &Arc<str>, own: bool) -> Result<(), Failed> {
-        match self.store.head(topic).await {
+        match self.shared.ops.store.head(topic).await {
             Ok(Some(head)) => self.fill(topic, head.latest, own).await,
             Ok(None) => Ok(()),
             Err(e) => {
@@ -214,7 +217,7 @@ impl Writer {
         let Some(mut cursor) = self.cursors.get(topic) else {
             return Ok(());
         };
-        let epoch = match self.store.head(topic).await {
+        let epoch = match self.shared.ops.store.head(topic).await {
             Ok(head) => head.map(|h| h.epoch).unwrap_or_default(),
             Err(e) => {
                 tracing::warn!("catch-up head of {topic} failed: {e}");
@@ -222,7 +225,13 @@ impl Writer {
             }
         };
         while cursor < target {
-            let rows = match self.store.read(topic, cursor, CATCH_UP_PAGE).await {
+            let rows = match self
+                .shared
+                .ops
+                .store
+                .read(topic, cursor, CATCH_UP_PAGE)
+                .await
+            {
                 Ok(page) => page.rows,
                 Err(e) => {
                     tracing::warn!("catch-up read of {topic} failed: {e}");
