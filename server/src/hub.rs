@@ -111,10 +111,6 @@ impl Pending {
 /// The fewest replies that may wait beside a full queue, whatever `queue_capacity` is.
 const MIN_PENDING: usize = 256;
 
-/// A queue that grew past this many slots is given back to the allocator once it drains, so
-/// an idle connection holds no queue memory after a burst.
-const KEEP_SLOTS: usize = 16;
-
 /// One connection's outbound queue and signals, shared by its [`Mailbox`]es (the hub's, the
 /// store's reply callbacks') and the connection's task, which drains it.
 ///
@@ -205,7 +201,8 @@ impl Mailbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let item = queue.items.pop_front();
-        if queue.items.is_empty() && queue.items.capacity() > KEEP_SLOTS {
+        if queue.items.is_empty() && queue.items.capacity() > 0 {
+            // Give the memory back: most connections now go quiet.
             queue.items = VecDeque::new();
         }
         item

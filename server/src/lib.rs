@@ -49,6 +49,7 @@ mod repository;
 mod retention;
 mod state;
 mod store;
+mod stream;
 mod topic;
 mod wire;
 mod ws;

@@ -12,10 +12,9 @@
 //! own limits, heartbeats and timeouts apply.
 
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,12 +22,13 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tidings_protocol::{ErrorCode, ServerMessage};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::state::Shared;
+use crate::stream::Counted;
 
 /// Accept and serve connections until shutdown begins, then wait for the HTTP connections
 /// still open to finish (idle keep-alive connections are closed at once).
@@ -76,10 +76,7 @@ pub async fn run(listener: TcpListener, app: Router, shared: Arc<Shared>) -> io:
             }
         };
         let activity = Arc::new(AtomicU64::new(0));
-        let io = TokioIo::new(Counted {
-            inner: tcp,
-            activity: Arc::clone(&activity),
-        });
+        let io = TokioIo::new(Counted::new(tcp, Arc::clone(&activity)));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -183,70 +180,5 @@ async fn idle(activity: &AtomicU64, timeout: Duration) {
             last = now;
             quiet = Duration::ZERO;
         }
-    }
-}
-
-/// A TCP stream that counts the reads and writes that moved bytes, for the idle timeout.
-struct Counted {
-    inner: TcpStream,
-    activity: Arc<AtomicU64>,
-}
-
-impl Counted {
-    fn moved(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.moved();
-        }
-        result
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

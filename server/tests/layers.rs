@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("topic", 0),
     ("presence", 0),
     ("wire", 0),
+    ("stream", 0),
     ("config", 1),
     ("auth", 2),
     // The durable log and the fan-out: never each other.

@@ -118,12 +118,15 @@ async fn protocol_violations_get_1002_and_others_are_unaffected() {
 
 /// Send `request` on a fresh TCP connection and read the response head (up to the blank
 /// line), lowercased.
-async fn raw_handshake(server: &TestServer, request: &str) -> (tokio::net::TcpStream, String) {
+async fn raw_handshake(
+    server: &TestServer,
+    request: impl AsRef<[u8]>,
+) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    tcp.write_all(request.as_ref()).await.expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -309,4 +312,32 @@ async fn the_message_limit_counts_every_fragment() {
     .await
     .expect("send");
     assert_eq!(close_code(&mut c).await, 1009);
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_read() {
+    use tokio::io::AsyncReadExt;
+    let server = start(config()).await;
+    // The request and a masked ping ("hi") in one write: hyper reads both, and the bytes
+    // past the request reach the WebSocket.
+    let mut request =
+        upgrade_request(&token("alice"), "GET", &[CONNECTION, UPGRADE, VERSION, KEY]).into_bytes();
+    let mask = [1u8, 2, 3, 4];
+    request.extend_from_slice(&[0x89, 0x82]);
+    request.extend_from_slice(&mask);
+    request.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+    let (mut tcp, head) = raw_handshake(&server, &request).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // `connected` (a text frame), then the pong with the ping's data.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\x8a\x02hi") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("the pong in time")
+            .expect("read");
+        assert!(n > 0, "the connection ended: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got[0], 0x81, "the connected frame comes first");
 }

@@ -58,7 +58,7 @@ pub fn run(
     mailbox.offer(encode(&session.connected()));
     let writer = Writer {
         id: mailbox.id(),
-        client_id: session.client_id().into(),
+        client_id: session.shared_client_id(),
         socket,
         mailbox,
         shared: Arc::clone(&shared),
@@ -153,12 +153,10 @@ enum End {
 /// a wake-up does (writing a batch, carrying out the session's actions) runs in boxed
 /// futures that exist only while it runs.
 async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) -> End {
-    let mailbox = writer.mailbox.clone();
     let config = &shared.ops.config;
     let mut next_beat = Instant::now() + config.heartbeat_interval;
     let mut last_seen = Instant::now();
-    let mut valid_until = session.valid_until();
-    let mut expires = deadline(valid_until);
+    let mut expires = deadline(session.valid_until());
     let timer = sleep_until(next_beat.min(expires));
     tokio::pin!(timer);
     // Created once, not per wake-up: each `cancelled()` future registers with (and on drop
@@ -172,7 +170,7 @@ async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) 
             biased;
             _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
             _ = &mut timer => Wake::Timer,
-            item = mailbox.recv() => match item {
+            item = writer.mailbox.recv() => match item {
                 Some(item) => Wake::Queued(item),
                 None => return End::Close(CloseCode::SlowConsumer),
             },
@@ -195,7 +193,7 @@ async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) 
                         return End::Close(CloseCode::HeartbeatTimeout);
                     }
                     // A full queue is busy writing anyway: skip the beat rather than wait.
-                    let _ = mailbox.try_queue(Outbound::Heartbeat);
+                    let _ = writer.mailbox.try_queue(Outbound::Heartbeat);
                     next_beat = now + config.heartbeat_interval;
                 }
             }
@@ -211,9 +209,8 @@ async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) 
                 {
                     return end;
                 }
-                if session.valid_until() != valid_until {
-                    valid_until = session.valid_until();
-                    expires = deadline(valid_until);
+                if session.take_renewed() {
+                    expires = deadline(session.valid_until());
                 }
             }
         }

@@ -7,10 +7,10 @@
 //! so its tests start no thread; the connection carries the actions out through the
 //! operations layer, which authorizes and routes publishes, reads and appends.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use governor::middleware::NoOpMiddleware;
@@ -106,14 +106,28 @@ pub struct Env<'a> {
 }
 
 /// The rate limiter's clock: the time of the frame being handled, as the session was told.
-#[derive(Debug, Clone, Default)]
-struct FrameClock(Arc<AtomicU64>);
+///
+/// The session sets it on the calling thread right before it asks the limiter, in the same
+/// synchronous call, so a thread-local holds it: no shared cell per connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameClock;
+
+thread_local! {
+    /// Nanoseconds since the session's origin of the frame being rate-limited.
+    static FRAME_TIME: Cell<u64> = const { Cell::new(0) };
+}
+
+impl FrameClock {
+    fn set(nanos: u64) {
+        FRAME_TIME.with(|t| t.set(nanos));
+    }
+}
 
 impl governor::clock::Clock for FrameClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.0.load(Ordering::Relaxed))
+        Nanos::from(FRAME_TIME.with(Cell::get))
     }
 }
 
@@ -121,13 +135,15 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, FrameClock, NoOpMiddleware<N
 
 /// The state of one authenticated connection.
 pub struct Session {
-    client_id: String,
+    client_id: Arc<str>,
     identity: Identity,
     limits: Limits,
     /// Sorted, because `subscribed`/`unsubscribed` list them (template behaviour).
     subscriptions: BTreeSet<Arc<str>>,
+    /// An `auth` replaced the identity since the connection last asked
+    /// ([`Session::take_renewed`]).
+    renewed: bool,
     limiter: Limiter,
-    clock: FrameClock,
     /// The time the limiter's clock counts from.
     origin: Instant,
 }
@@ -137,24 +153,33 @@ impl Session {
     pub fn new(client_id: String, identity: Identity, limits: Limits, now: Instant) -> Self {
         let rate = NonZeroU32::new(limits.rate_limit).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
-        let clock = FrameClock::default();
         Session {
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
-                clock.clone(),
+                FrameClock,
             ),
-            clock,
             origin: now,
-            client_id,
+            client_id: Arc::from(client_id),
             identity,
             limits,
             subscriptions: BTreeSet::new(),
+            renewed: false,
         }
     }
 
     /// The id clients see in `connected.client_id` and `message.from`.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Whether an `auth` renewed the identity (and so its expiry) since the last call.
+    pub fn take_renewed(&mut self) -> bool {
+        std::mem::take(&mut self.renewed)
+    }
+
+    /// The client id, shared (the connection's writer keeps it to recognise its own rows).
+    pub fn shared_client_id(&self) -> Arc<str> {
+        Arc::clone(&self.client_id)
     }
 
     /// Who this connection is (the operations authorize with it).
@@ -181,7 +206,7 @@ impl Session {
     /// The first frame of the connection.
     pub fn connected(&self) -> ServerMessage {
         ServerMessage::Connected(Connected {
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.to_string(),
             timestamp: clock::now_rfc3339(),
             protocol: Some(PROTOCOL_VERSION),
             heartbeat_ms: Some(self.limits.heartbeat_ms),
@@ -197,9 +222,7 @@ impl Session {
     pub fn on_text(&mut self, env: &Env<'_>, text: &str, now: Instant, out: &mut Vec<Action>) {
         env.metrics.messages_in.inc();
         let since = now.saturating_duration_since(self.origin).as_nanos();
-        self.clock
-            .0
-            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        FrameClock::set(u64::try_from(since).unwrap_or(u64::MAX));
         if self.limiter.check().is_err() {
             return fail(
                 env,
@@ -259,6 +282,7 @@ impl Session {
                 Ok(identity) if identity.user == self.identity.user => {
                     let expires_at = identity.expires_at.map(unix_seconds);
                     self.identity = identity;
+                    self.renewed = true;
                     out.push(Action::Reply(ServerMessage::Authenticated(Authenticated {
                         r#ref: m.r#ref,
                         user: self.identity.user.clone(),

@@ -64,11 +64,12 @@ pub struct Socket<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// A WebSocket on `io` (the handshake done), refusing messages over `max_message` bytes.
-    pub fn new(io: S, max_message: usize) -> Self {
+    /// `read_ahead`: bytes already read from `io` past the handshake (the first frames).
+    pub fn new(io: S, read_ahead: &[u8], max_message: usize) -> Self {
         Socket {
             io,
             decoder: Decoder::new(max_message),
-            input: BytesMut::new(),
+            input: BytesMut::from(read_ahead),
             output: VecDeque::new(),
             written: 0,
             queued: 0,
@@ -263,7 +264,7 @@ mod tests {
         // A small pipe, so large writes take several system calls.
         let (server, client) = tokio::io::duplex(1024);
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-        (Socket::new(server, max), client)
+        (Socket::new(server, &[], max), client)
     }
 
     #[tokio::test]
@@ -342,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn a_fault_ends_reading_and_a_split_frame_is_reassembled() {
         let (server, mut client) = tokio::io::duplex(64);
-        let mut server = Socket::new(server, 1024);
+        let mut server = Socket::new(server, &[], 1024);
         // A masked "Hello" (RFC 6455 §5.7), one byte per write, then an unmasked frame.
         let hello = [
             0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,

@@ -19,14 +19,21 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tidings_protocol::{ErrorCode, ServerMessage};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::socket::Socket;
+use crate::stream::Counted;
 
 /// The GUID every accept value is derived with (RFC 6455 §1.3).
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -35,7 +42,92 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const VERSION: &str = "13";
 
 /// The WebSocket over an upgraded HTTP/1.1 connection.
-pub type WebSocket = Socket<TokioIo<Upgraded>>;
+pub type WebSocket = Socket<Io>;
+
+/// The byte stream under a WebSocket.
+///
+/// Usually the bare TCP socket, taken back from hyper after the upgrade (from the listener's
+/// counting wrapper, or as `axum::serve` hands it over): reads and writes then go straight to
+/// the socket. Under any other stack it is hyper's upgraded connection, boxed (it is rare,
+/// and every idle connection holds this value).
+pub enum Io {
+    /// The TCP socket itself.
+    Tcp(TcpStream),
+    /// Whatever hyper upgraded.
+    Upgraded(Box<TokioIo<Upgraded>>),
+}
+
+impl Io {
+    /// The stream under `upgraded`, and the bytes hyper read past the request.
+    fn of(upgraded: Upgraded) -> (Io, Bytes) {
+        let upgraded = match upgraded.downcast::<TokioIo<Counted>>() {
+            Ok(parts) => return (Io::Tcp(parts.io.into_inner().into_tcp()), parts.read_buf),
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => (Io::Upgraded(Box::new(TokioIo::new(upgraded))), Bytes::new()),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Upgraded(up) => Pin::new(up.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Upgraded(up) => Pin::new(up.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Io::Upgraded(up) => Pin::new(up.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(tcp) => tcp.is_write_vectored(),
+            Io::Upgraded(up) => up.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Upgraded(up) => Pin::new(up.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Upgraded(up) => Pin::new(up.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Why an upgrade request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +242,10 @@ impl Upgrade {
         // A combinator, not an `async` block: the block would keep `session` in the task
         // beside the connection's future for the connection's whole life.
         let connection = self.on_upgrade.then(move |upgraded| match upgraded {
-            Ok(upgraded) => Either::Left(session(Socket::new(TokioIo::new(upgraded), max_message))),
+            Ok(upgraded) => {
+                let (io, read_ahead) = Io::of(upgraded);
+                Either::Left(session(Socket::new(io, &read_ahead, max_message)))
+            }
             Err(e) => {
                 tracing::debug!("the upgrade did not complete: {e}");
                 Either::Right(std::future::ready(()))

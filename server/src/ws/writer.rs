@@ -63,7 +63,7 @@ pub struct Writer {
     /// This connection (its own publishes are not echoed).
     pub id: ConnId,
     /// Its client id, the `from` of the rows it published (not echoed on catch-up either).
-    pub client_id: Box<str>,
+    pub client_id: Arc<str>,
     /// The whole WebSocket: this connection's task reads and writes it.
     pub socket: WebSocket,
     /// The connection's queue (the hub, the store's replies and the session push into it).
