@@ -18,20 +18,55 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::codec::{Decoder, FrameError, Incoming};
+use crate::hub::{ConnId, DurableRun};
 use crate::wire::Frame;
 
 /// Bytes read per system call into the poll's stack buffer.
 const READ_CHUNK: usize = 4096;
 /// The most bytes read at once into the connection's own buffer, for a large frame.
 const MAX_READ: usize = 64 * 1024;
-/// Frames written per system call, at most.
-pub const MAX_IOVECS: usize = 64;
+/// Frames written per system call, at most (Linux's `IOV_MAX` is 1024).
+pub const MAX_IOVECS: usize = 256;
+
+/// What waits to be written.
+enum Chunk {
+    /// One frame.
+    Frame(Frame),
+    /// The frames of a durable run from `next` on, except those `skip` published: the run is
+    /// shared by every subscriber, so queuing it costs one reference count, not one per frame.
+    Run {
+        run: Arc<DurableRun>,
+        next: usize,
+        skip: ConnId,
+    },
+}
+
+impl Chunk {
+    /// The frames still to write, in order.
+    fn frames(&self) -> impl Iterator<Item = &Frame> {
+        let (single, run) = match self {
+            Chunk::Frame(frame) => (Some(frame), None),
+            Chunk::Run { run, next, skip } => (None, Some((run, *next, *skip))),
+        };
+        single
+            .into_iter()
+            .chain(run.into_iter().flat_map(|(run, next, skip)| {
+                run.frames
+                    .get(next..)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(move |(_, publisher)| *publisher != Some(skip))
+                    .map(|(frame, _)| frame)
+            }))
+    }
+}
 
 /// Why reading failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +86,8 @@ pub struct Socket<S> {
     /// The start of a frame that has not all arrived (empty, unallocated, between frames).
     input: BytesMut,
     /// Frames waiting to be written, oldest first (unallocated when none wait).
-    output: VecDeque<Frame>,
-    /// Bytes of `output[0]` already written.
+    output: VecDeque<Chunk>,
+    /// Bytes of the first frame of `output[0]` already written.
     written: usize,
     /// Bytes in `output`, less `written`.
     queued: usize,
@@ -186,7 +221,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             return;
         }
         self.queued += frame.len();
-        self.output.push_back(frame);
+        self.output.push_back(Chunk::Frame(frame));
+    }
+
+    /// Queue the frames of `run` from index `from` on, except those connection `skip`
+    /// published, to be written by the next flush.
+    pub fn feed_run(&mut self, run: Arc<DurableRun>, from: usize, skip: ConnId) {
+        if self.close_sent {
+            return;
+        }
+        let next = first_sent(&run, from, skip);
+        let chunk = Chunk::Run { run, next, skip };
+        let bytes: usize = chunk.frames().map(Frame::len).sum();
+        if bytes > 0 {
+            self.queued += bytes;
+            self.output.push_back(chunk);
+        }
     }
 
     /// Queue a close frame: the last frame this socket sends.
@@ -212,11 +262,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.output.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let frames = self.output.iter().flat_map(Chunk::frames);
             let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(&self.output) {
+            for (slot, frame) in slices.iter_mut().zip(frames) {
                 let bytes = frame.as_bytes();
                 *slot = IoSlice::new(if count == 0 {
-                    &bytes[self.written..]
+                    bytes.get(self.written..).unwrap_or_default()
                 } else {
                     bytes
                 });
@@ -238,17 +289,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// Account for `n` bytes written from the front of the queue.
     fn consume(&mut self, mut n: usize) {
         self.queued = self.queued.saturating_sub(n);
-        while let Some(front) = self.output.front() {
-            let left = front.len() - self.written;
-            if n < left {
-                self.written += n;
-                return;
+        while let Some(front) = self.output.front_mut() {
+            let done = match front {
+                Chunk::Frame(frame) => {
+                    let left = frame.len().saturating_sub(self.written);
+                    if n < left {
+                        self.written += n;
+                        return;
+                    }
+                    n -= left;
+                    true
+                }
+                Chunk::Run { run, next, skip } => loop {
+                    let Some((frame, _)) = run.frames.get(*next) else {
+                        break true;
+                    };
+                    let left = frame.len().saturating_sub(self.written);
+                    if n < left {
+                        self.written += n;
+                        return;
+                    }
+                    n -= left;
+                    self.written = 0;
+                    *next = first_sent(run, *next + 1, *skip);
+                },
+            };
+            if done {
+                self.written = 0;
+                self.output.pop_front();
             }
-            n -= left;
-            self.written = 0;
-            self.output.pop_front();
         }
     }
+}
+
+/// The index of the first frame of `run` at or after `from` that `skip` did not publish.
+fn first_sent(run: &DurableRun, from: usize, skip: ConnId) -> usize {
+    let mut next = from;
+    while run
+        .frames
+        .get(next)
+        .is_some_and(|(_, publisher)| *publisher == Some(skip))
+    {
+        next += 1;
+    }
+    next
 }
 
 #[cfg(test)]
@@ -371,5 +455,53 @@ mod tests {
         assert!(server.next().await.is_none());
         drop(server);
         writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_run_is_written_without_the_frames_this_connection_published() {
+        // A small pipe: the run leaves in many partial writes.
+        let (mut server, mut client) = pair(1024).await;
+        let me = 7;
+        let frames = (0..40u32)
+            .map(|i| {
+                let publisher = (i % 3 == 0).then_some(me);
+                (
+                    Frame::text(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "p".repeat(90))),
+                    publisher,
+                )
+            })
+            .collect();
+        let run = Arc::new(DurableRun {
+            topic: Arc::from("t"),
+            first: 1,
+            frames,
+        });
+        server.feed(Frame::text("before".into()));
+        server.feed_run(Arc::clone(&run), 2, me);
+        server.feed(Frame::text("after".into()));
+        let expected: Vec<String> = std::iter::once("before".to_owned())
+            .chain(
+                (2..40u32)
+                    .filter(|i| i % 3 != 0)
+                    .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "p".repeat(90))),
+            )
+            .chain(std::iter::once("after".to_owned()))
+            .collect();
+        let count = expected.len();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < count {
+                match client.next().await {
+                    Some(Ok(Message::Text(t))) => got.push(t.as_str().to_owned()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            got
+        });
+        server.flush().await.expect("flush");
+        assert_eq!(server.queued(), 0);
+        assert_eq!(reader.await.expect("reader"), expected);
+        // Only the queue held the run.
+        assert_eq!(Arc::strong_count(&run), 1);
     }
 }

@@ -171,7 +171,7 @@ impl Writer {
                 Ok(())
             }
             Outbound::Sync { topic, own } => Box::pin(self.sync(&topic, own)).await,
-            Outbound::Durable(run) => self.write_run(&run).await,
+            Outbound::Durable(run) => self.write_run(run).await,
             // The pending replies are written after the batch.
             Outbound::Wake => Ok(()),
         }
@@ -179,7 +179,7 @@ impl Writer {
 
     /// Write the frames of `run` the cursor rule admits, except the ones this connection
     /// published.
-    async fn write_run(&mut self, run: &DurableRun) -> Result<(), Failed> {
+    async fn write_run(&mut self, run: Arc<DurableRun>) -> Result<(), Failed> {
         let skip = match self.cursors.admit(&run.topic, run.first, run.last()) {
             Admit::Ignore => return Ok(()),
             Admit::Deliver { skip } => skip,
@@ -189,11 +189,11 @@ impl Writer {
                 0
             }
         };
-        for (frame, publisher) in run.frames.iter().skip(skip) {
-            if *publisher != Some(self.id) {
-                self.feed(frame.clone()).await?;
-            }
+        if self.socket.queued() >= WRITE_BUFFER {
+            self.flush().await?;
         }
+        // One shared item for the whole run: no reference count per frame.
+        self.socket.feed_run(run, skip, self.id);
         Ok(())
     }
 
