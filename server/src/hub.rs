@@ -13,7 +13,7 @@
 //! then a topic's subscriber list.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -124,9 +124,10 @@ struct Inner {
     capacity: usize,
     /// The connection task, woken when an item or a waiting reply arrives.
     waker: AtomicWaker,
-    /// Set when the queue overflows (the connection's task is woken to close it as a slow
-    /// consumer). A flag rather than a cancellation token: no allocation per connection.
-    overflow: AtomicBool,
+    /// Why the connection must end, if it must ([`Stop`] as a number; 0: it need not). Set
+    /// by an overflow or by the server's shutdown, which wake the connection's task. A flag
+    /// rather than a cancellation token or a waiter: nothing per connection but this byte.
+    stop: AtomicU8,
     /// Set when a durable frame could not be queued: the connection catches up from the store.
     lagging: AtomicBool,
     /// Replies from the store's writer that found the queue full.
@@ -138,6 +139,15 @@ struct Queue {
     items: VecDeque<Outbound>,
     /// The connection ended: items are dropped, not queued.
     closed: bool,
+}
+
+/// Why a connection must end, as its mailbox says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Its queue overflowed: it is a slow consumer (close code 4002).
+    Overflow,
+    /// The server is shutting down (close code 1001).
+    Shutdown,
 }
 
 /// Why an item was not queued.
@@ -164,7 +174,7 @@ impl Mailbox {
                 queue: Mutex::new(Queue::default()),
                 capacity,
                 waker: AtomicWaker::new(),
-                overflow: AtomicBool::new(false),
+                stop: AtomicU8::new(0),
                 lagging: AtomicBool::new(false),
                 pending: Pending {
                     replies: Mutex::new(VecDeque::new()),
@@ -209,26 +219,28 @@ impl Mailbox {
     }
 
     /// Wait for the next queued item (the connection's task only). Also wakes, with
-    /// [`Outbound::Wake`], when replies wait beside the queue; `None` once the queue has
-    /// overflowed (the connection is a slow consumer).
-    pub async fn recv(&self) -> Option<Outbound> {
+    /// [`Outbound::Wake`], when replies wait beside the queue.
+    ///
+    /// # Errors
+    /// [`Stop`] once the connection must end: its queue overflowed, or the server is
+    /// shutting down.
+    pub async fn recv(&self) -> Result<Outbound, Stop> {
         poll_fn(|cx| {
-            if self.overflowed() {
-                return Poll::Ready(None);
+            if let Some(stop) = self.stopped() {
+                return Poll::Ready(Err(stop));
             }
             if let Some(item) = self.try_recv() {
-                return Poll::Ready(Some(item));
+                return Poll::Ready(Ok(item));
             }
             self.inner.waker.register(cx.waker());
-            // An item (or the overflow) may have arrived between the check and the
-            // registration.
-            if self.overflowed() {
-                return Poll::Ready(None);
+            // An item (or a stop) may have arrived between the check and the registration.
+            if let Some(stop) = self.stopped() {
+                return Poll::Ready(Err(stop));
             }
             match self.try_recv() {
-                Some(item) => Poll::Ready(Some(item)),
+                Some(item) => Poll::Ready(Ok(item)),
                 None if self.inner.pending.waiting.load(Ordering::Acquire) => {
-                    Poll::Ready(Some(Outbound::Wake))
+                    Poll::Ready(Ok(Outbound::Wake))
                 }
                 None => Poll::Pending,
             }
@@ -238,12 +250,33 @@ impl Mailbox {
 
     /// Whether the queue has overflowed: the connection is a slow consumer.
     pub fn overflowed(&self) -> bool {
-        self.inner.overflow.load(Ordering::Acquire)
+        self.stopped() == Some(Stop::Overflow)
+    }
+
+    /// Why the connection must end, if it must.
+    pub fn stopped(&self) -> Option<Stop> {
+        match self.inner.stop.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Stop::Overflow),
+            _ => Some(Stop::Shutdown),
+        }
     }
 
     /// Mark the queue as overflowed and wake the connection to close it.
     fn trip(&self) {
-        self.inner.overflow.store(true, Ordering::Release);
+        self.stop(Stop::Overflow);
+    }
+
+    /// Tell the connection to end (the first reason given wins) and wake it.
+    pub fn stop(&self, why: Stop) {
+        let code = match why {
+            Stop::Overflow => 1,
+            Stop::Shutdown => 2,
+        };
+        let _ = self
+            .inner
+            .stop
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.inner.waker.wake();
     }
 

@@ -209,7 +209,7 @@ impl Tidings {
 
     /// Begin a graceful shutdown: refuse new upgrades and close every session with 1001.
     pub fn begin_shutdown(&self) {
-        self.shared.shutdown.cancel();
+        self.shared.shut_down();
         self.shared.sessions.close();
     }
 

@@ -1,7 +1,9 @@
 //! State shared by every connection of one server instance: the operations context and what
-//! only the transports need (connection limits, the shutdown switch, the session tracker).
+//! only the transports need (connection limits, the shutdown switch, the session tracker, the
+//! open connections' mailboxes).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -9,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{self, Clock};
 use crate::config::{Config, ConfigError};
+use crate::hub::{ConnId, Mailbox, Stop};
 use crate::limits::ConnLimits;
 use crate::ops::Ops;
 
@@ -24,6 +27,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The mailbox of every open WebSocket connection, so that shutdown reaches them all
+    /// through what they already wait on (no waiter per connection).
+    open: Mutex<HashMap<ConnId, Mailbox>>,
     /// Random prefix of this node's client ids (unique across nodes and restarts).
     pub node: String,
     /// When this instance started, for `/health`.
@@ -51,10 +57,50 @@ impl Shared {
             http_connections: ConnLimits::new(usize::MAX, config.max_http_connections_per_ip),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            open: Mutex::new(HashMap::new()),
             node: node_id(),
             started: Instant::now(),
             ops,
         })
+    }
+}
+
+impl Shared {
+    /// Count a connection's mailbox among the open ones until [`Shared::leave`]; if shutdown
+    /// has already begun, the connection is told to end at once.
+    pub fn enter(&self, mailbox: &Mailbox) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(mailbox.id(), mailbox.clone());
+        // After the insert: a shutdown that began before it did not see this mailbox.
+        if self.shutdown.is_cancelled() {
+            mailbox.stop(Stop::Shutdown);
+        }
+    }
+
+    /// The connection `id` has ended.
+    pub fn leave(&self, id: ConnId) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.remove(&id);
+        if open.is_empty() {
+            // Give the table's memory back once every connection is gone.
+            open.shrink_to_fit();
+        }
+    }
+
+    /// Begin shutting down: the token is cancelled (refusing new upgrades), then every open
+    /// connection is told to close with 1001.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        for mailbox in self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            mailbox.stop(Stop::Shutdown);
+        }
     }
 }
 

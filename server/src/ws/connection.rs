@@ -24,7 +24,7 @@ use super::socket::ReadError;
 use super::upgrade::WebSocket;
 use super::writer::{CLOSE_GRACE, Failed, Stop, Writer};
 use crate::auth::Identity;
-use crate::hub::{Mailbox, Outbound};
+use crate::hub::{self, Mailbox, Outbound};
 use crate::limits::ConnPermit;
 use crate::ops::{self, AppendOp, OpError, PublishOp, Routed, Subscription, Who};
 use crate::state::Shared;
@@ -56,6 +56,7 @@ pub fn run(
     ops.metrics.connections_opened.inc();
     tracing::debug!(client_id = session.client_id(), "connected");
     mailbox.offer(encode(&session.connected()));
+    shared.enter(&mailbox);
     let writer = Writer {
         id: mailbox.id(),
         client_id: session.shared_client_id(),
@@ -132,6 +133,7 @@ impl Drop for Connection {
             ops::presence::leave(ops, topic, client_id);
         }
         ops.metrics.connections.dec();
+        self.shared.leave(self.writer.mailbox.id());
     }
 }
 
@@ -159,20 +161,16 @@ async fn read_loop(shared: &Shared, session: &mut Session, writer: &mut Writer) 
     let mut expires = deadline(session.valid_until());
     let timer = sleep_until(next_beat.min(expires));
     tokio::pin!(timer);
-    // Created once, not per wake-up: each `cancelled()` future registers with (and on drop
-    // leaves) the token's waiter list under a lock, and the shutdown token is shared by every
-    // connection of the server.
-    let shutdown = shared.shutdown.cancelled();
-    tokio::pin!(shutdown);
 
     loop {
         let woke = tokio::select! {
             biased;
-            _ = &mut shutdown => return End::Close(CloseCode::GoingAway),
             _ = &mut timer => Wake::Timer,
+            // Shutdown and overflow come through the mailbox too.
             item = writer.mailbox.recv() => match item {
-                Some(item) => Wake::Queued(item),
-                None => return End::Close(CloseCode::SlowConsumer),
+                Ok(item) => Wake::Queued(item),
+                Err(hub::Stop::Overflow) => return End::Close(CloseCode::SlowConsumer),
+                Err(hub::Stop::Shutdown) => return End::Close(CloseCode::GoingAway),
             },
             frame = writer.socket.next() => match frame {
                 None => return End::Gone,

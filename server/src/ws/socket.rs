@@ -83,14 +83,11 @@ pub enum ReadError {
 pub struct Socket<S> {
     io: S,
     decoder: Decoder,
-    /// The start of a frame that has not all arrived (empty, unallocated, between frames).
-    input: BytesMut,
-    /// Frames waiting to be written, oldest first (unallocated when none wait).
-    output: VecDeque<Chunk>,
-    /// Bytes of the first frame of `output[0]` already written.
-    written: usize,
-    /// Bytes in `output`, less `written`.
-    queued: usize,
+    /// The start of a frame that has not all arrived (none between frames). Boxed, like
+    /// `output`: what every idle connection holds is a null pointer each.
+    input: Option<Box<BytesMut>>,
+    /// What waits to be written (none once it is).
+    output: Option<Box<Output>>,
     /// A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
     close_sent: bool,
     /// The client's close arrived, or the stream ended: nothing more is read.
@@ -104,10 +101,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         Socket {
             io,
             decoder: Decoder::new(max_message),
-            input: BytesMut::from(read_ahead),
-            output: VecDeque::new(),
-            written: 0,
-            queued: 0,
+            input: (!read_ahead.is_empty()).then(|| Box::new(BytesMut::from(read_ahead))),
+            output: None,
             close_sent: false,
             read_done: false,
         }
@@ -129,14 +124,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             if self.read_done {
                 return Poll::Ready(None);
             }
-            if !self.input.is_empty() {
-                match self.decoder.decode(&self.input) {
+            if let Some(input) = self.input.as_deref_mut() {
+                match self.decoder.decode(input) {
                     Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
                     Ok(Some((used, message))) => {
-                        self.input.advance(used);
-                        if self.input.is_empty() {
+                        input.advance(used);
+                        if input.is_empty() {
                             // Give the memory back: most connections now go quiet.
-                            self.input = BytesMut::new();
+                            self.input = None;
                         }
                         match message {
                             Some(message) => return Poll::Ready(Some(Ok(self.seen(message)))),
@@ -146,15 +141,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     Ok(None) => {
                         // A frame is arriving: read into the connection's buffer, as much
                         // of it as is missing (within bounds).
-                        let need = match self.decoder.frame_len(&self.input) {
-                            Ok(total) => total.unwrap_or(16).saturating_sub(self.input.len()),
+                        let need = match self.decoder.frame_len(input) {
+                            Ok(total) => total.unwrap_or(16).saturating_sub(input.len()),
                             Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
                         };
-                        self.input.reserve(need.clamp(READ_CHUNK, MAX_READ));
+                        input.reserve(need.clamp(READ_CHUNK, MAX_READ));
                         let n = match ready!(tokio_util::io::poll_read_buf(
                             Pin::new(&mut self.io),
                             cx,
-                            &mut self.input
+                            input
                         )) {
                             Ok(n) => n,
                             Err(e) => return Poll::Ready(Some(Err(e.into()))),
@@ -182,13 +177,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 Err(e) => return Poll::Ready(Some(Err(self.failed(e)))),
                 Ok(Some((used, message))) => {
                     if let Some(rest) = got.get(used..).filter(|rest| !rest.is_empty()) {
-                        self.input.extend_from_slice(rest);
+                        self.input = Some(Box::new(BytesMut::from(rest)));
                     }
                     if let Some(message) = message {
                         return Poll::Ready(Some(Ok(self.seen(message))));
                     }
                 }
-                Ok(None) => self.input.extend_from_slice(got),
+                Ok(None) => self.input = Some(Box::new(BytesMut::from(got))),
             }
         }
     }
@@ -196,7 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// A read fault ends reading.
     fn failed(&mut self, e: FrameError) -> ReadError {
         self.read_done = true;
-        self.input = BytesMut::new();
+        self.input = None;
         ReadError::Frame(e)
     }
 
@@ -206,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             Incoming::Ping(data) => self.feed(Frame::pong(data)),
             Incoming::Close(code) => {
                 self.read_done = true;
-                self.input = BytesMut::new();
+                self.input = None;
                 // Echo the status code (RFC 6455 §5.5.1), unless we closed first.
                 self.close(Frame::close(code.map(|c| (c, ""))));
             }
@@ -220,8 +215,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         if self.close_sent {
             return;
         }
-        self.queued += frame.len();
-        self.output.push_back(Chunk::Frame(frame));
+        let bytes = frame.len();
+        self.output().push(Chunk::Frame(frame), bytes);
     }
 
     /// Queue the frames of `run` from index `from` on, except those connection `skip`
@@ -234,8 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         let chunk = Chunk::Run { run, next, skip };
         let bytes: usize = chunk.frames().map(Frame::len).sum();
         if bytes > 0 {
-            self.queued += bytes;
-            self.output.push_back(chunk);
+            self.output().push(chunk, bytes);
         }
     }
 
@@ -247,7 +241,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.output.as_ref().map_or(0, |out| out.queued)
+    }
+
+    fn output(&mut self) -> &mut Output {
+        self.output.get_or_insert_with(Box::default)
     }
 
     /// Write everything queued.
@@ -260,36 +258,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
     /// Poll writing everything queued (see [`Socket::flush`]).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.output.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let frames = self.output.iter().flat_map(Chunk::frames);
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(frames) {
-                let bytes = frame.as_bytes();
-                *slot = IoSlice::new(if count == 0 {
-                    bytes.get(self.written..).unwrap_or_default()
-                } else {
-                    bytes
-                });
-                count += 1;
+        if let Some(out) = self.output.as_deref_mut() {
+            while !out.chunks.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = out.slices(&mut slices);
+                let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                out.consume(n);
             }
-            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.consume(n);
-        }
-        if self.output.capacity() > 0 {
             // Give the memory back: most connections now go quiet.
-            self.output = VecDeque::new();
+            self.output = None;
         }
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// Frames waiting to be written, oldest first.
+#[derive(Default)]
+struct Output {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the first frame of `chunks[0]` already written.
+    written: usize,
+    /// Bytes in `chunks`, less `written`.
+    queued: usize,
+}
+
+impl Output {
+    fn push(&mut self, chunk: Chunk, bytes: usize) {
+        self.queued += bytes;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Fill `slices` with the next frames to write; returns how many it filled.
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let frames = self.chunks.iter().flat_map(Chunk::frames);
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(frames) {
+            let bytes = frame.as_bytes();
+            *slot = IoSlice::new(if count == 0 {
+                bytes.get(self.written..).unwrap_or_default()
+            } else {
+                bytes
+            });
+            count += 1;
+        }
+        count
     }
 
     /// Account for `n` bytes written from the front of the queue.
     fn consume(&mut self, mut n: usize) {
         self.queued = self.queued.saturating_sub(n);
-        while let Some(front) = self.output.front_mut() {
+        while let Some(front) = self.chunks.front_mut() {
             let done = match front {
                 Chunk::Frame(frame) => {
                     let left = frame.len().saturating_sub(self.written);
@@ -316,7 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             };
             if done {
                 self.written = 0;
-                self.output.pop_front();
+                self.chunks.pop_front();
             }
         }
     }
@@ -376,13 +397,14 @@ mod tests {
             server.next().await.expect("two").expect("ok"),
             Incoming::Text(big)
         );
-        assert_eq!(server.input.capacity(), 0);
+        assert!(server.input.is_none());
         for n in [10usize, 5000, 100_000] {
             server.feed(Frame::text("y".repeat(n)));
         }
         assert!(server.queued() > 105_000);
         server.flush().await.expect("flush");
-        assert_eq!((server.queued(), server.output.capacity()), (0, 0));
+        assert_eq!(server.queued(), 0);
+        assert!(server.output.is_none());
         let (_client, got) = reader.await.expect("reader");
         assert_eq!(got, vec![10, 5000, 100_000]);
     }
