@@ -217,6 +217,11 @@ async fn the_opening_handshake_follows_rfc_6455() {
     .await;
     assert!(head.starts_with("http/1.1 405"), "{head}");
     assert!(head.contains("allow: get"), "{head}");
+    // HTTP/1.0 cannot upgrade (§4.2.1: "HTTP/1.1 or higher").
+    let old = upgrade_request(&t, "GET", &[CONNECTION, UPGRADE, VERSION, KEY])
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let (_tcp, head) = raw_handshake(&server, &old).await;
+    assert!(head.contains(" 400 "), "{head}");
     // The server keeps serving.
     let mut c = server.connect("alice").await;
     c.subscribe(&["t"]).await;

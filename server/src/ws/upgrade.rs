@@ -8,6 +8,7 @@
 //! | request | answer (RFC 6455 §4.2.1, §4.2.2, §4.4; RFC 9110) |
 //! |---|---|
 //! | not `GET` | 405, `Allow: GET` |
+//! | not HTTP/1.1 | 400 |
 //! | `Connection` without the `upgrade` token, or `Upgrade` without `websocket` | 400 |
 //! | `Sec-WebSocket-Version` other than 13 | 426, `Sec-WebSocket-Version: 13` |
 //! | `Sec-WebSocket-Key` missing or not 16 bytes in base64 | 400 |
@@ -15,7 +16,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -199,6 +200,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         if parts.method != Method::GET {
             return Err(HandshakeError::Method);
+        }
+        // "An HTTP/1.1 or higher GET request" (§4.2.1); HTTP/2 would need RFC 8441's CONNECT,
+        // which this server does not speak.
+        if parts.version != Version::HTTP_11 {
+            return Err(HandshakeError::NotUpgrade);
         }
         let headers = &parts.headers;
         if !has_token(headers, header::CONNECTION, "upgrade")
