@@ -10,7 +10,8 @@
 // dedup by offset, token refresh); this file only renders what it reports. `window.__demo`
 // exposes the page's state to the end-to-end test (tests/e2e/).
 
-import init, { TidingsClient } from "./pkg/tidings.js";
+// The build with the built-in aggregates (the package's "tidings/aggregates" entry).
+import init, { TidingsClient } from "./pkg/aggregates/tidings.js";
 import { installSocketTap, LiveChart } from "./network.js";
 
 // Before the SDK opens its first socket: lets the network panel drop it or play offline.
@@ -923,7 +924,7 @@ async function main() {
   try {
     await init();
   } catch (e) {
-    notice("bad", `Could not load the SDK (./pkg/tidings.js): ${e.message}. Run scripts/start.`);
+    notice("bad", `Could not load the SDK (./pkg/aggregates/tidings.js): ${e.message}. Run scripts/start.`);
     return;
   }
   await connect(app.name);

@@ -13,6 +13,7 @@ use std::ops::RangeInclusive;
 
 use serde::Deserialize;
 use tidings_protocol::aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
+#[cfg(feature = "aggregates")]
 use tidings_protocol::order::Order;
 use tidings_protocol::server::{Events, Message, StoredEvent};
 use tidings_protocol::{Json, NewEvent};
@@ -20,14 +21,36 @@ use tidings_protocol::{Json, NewEvent};
 use super::SdkError;
 use super::streams::StreamFold;
 
-/// The built-in aggregates, by the name `client.stream(id, name)` takes.
+/// The built-in aggregates, by the name `client.stream(id, name)` takes (none in a build
+/// without the `aggregates` feature: the npm package's `tidings` entry).
+#[cfg(feature = "aggregates")]
 pub const NAMES: &[&str] = &["order"];
+/// The built-in aggregates, by the name `client.stream(id, name)` takes (none in a build
+/// without the `aggregates` feature: the npm package's `tidings` entry).
+#[cfg(not(feature = "aggregates"))]
+pub const NAMES: &[&str] = &[];
 
 /// The built-in aggregate called `name` (see [`NAMES`]), at version 0.
 pub fn builtin(name: &str) -> Option<Box<dyn Model>> {
     match name {
+        #[cfg(feature = "aggregates")]
         "order" => Some(Box::new(AggregateFold::<Order>::new())),
         _ => None,
+    }
+}
+
+/// Why `client.stream(id, name)` has no aggregate called `name`.
+pub fn unknown(name: &str) -> String {
+    if NAMES.is_empty() {
+        format!(
+            "no built-in aggregate {name:?}: this build has none; import the package's \
+             \"tidings/aggregates\" entry for them"
+        )
+    } else {
+        format!(
+            "no built-in aggregate {name:?} (built in: {})",
+            NAMES.join(", ")
+        )
     }
 }
 
@@ -253,7 +276,7 @@ pub fn appended_event(version: u64, event: &NewEvent) -> StoredEvent {
 
 #[cfg(test)]
 mod tests {
-    use tidings_protocol::order::OrderStatus;
+    use tidings_protocol::order::{Order, OrderStatus};
     use tidings_protocol::server::Snapshot;
 
     use super::*;
@@ -372,7 +395,19 @@ mod tests {
             .load(&read(4, Some(bad), vec![]))
             .expect_err("bad snapshot");
         assert_eq!(e.code(), "INVALID_SNAPSHOT");
-        assert!(builtin("order").is_some() && builtin("invoice").is_none());
+    }
+
+    #[test]
+    fn builtin_aggregates_are_found_by_name_and_the_lean_build_says_where_they_are() {
+        assert!(builtin("invoice").is_none());
+        assert!(unknown("invoice").contains("\"invoice\""));
+        if cfg!(feature = "aggregates") {
+            assert!(builtin("order").is_some());
+            assert!(unknown("invoice").contains("built in: order"));
+        } else {
+            assert!(builtin("order").is_none());
+            assert!(unknown("order").contains("tidings/aggregates"));
+        }
     }
 
     #[test]

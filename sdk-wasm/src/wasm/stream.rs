@@ -87,10 +87,7 @@ impl TidingsClient {
         let folder: JsValue = folder.into();
         let (folder, state) = if let Some(name) = folder.as_string() {
             let model = aggregates::builtin(&name).ok_or_else(|| {
-                convert::error(&SdkError::InvalidArgument(format!(
-                    "no built-in aggregate {name:?} (built in: {})",
-                    aggregates::NAMES.join(", ")
-                )))
+                convert::error(&SdkError::InvalidArgument(aggregates::unknown(&name)))
             })?;
             (Folder::Model(model), JsValue::NULL)
         } else if let Some(reducer) = folder.dyn_ref::<Function>() {
