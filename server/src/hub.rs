@@ -715,6 +715,32 @@ mod tests {
         assert!(!fast.overflowed());
     }
 
+    #[tokio::test]
+    async fn a_stop_ends_receiving_before_what_is_queued_and_the_first_reason_wins() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (m, _rx) = mailbox(&hub, 8);
+        assert!(m.offer(Outbound::Frame(Frame::text("queued".into()))));
+        assert!(m.stopped().is_none());
+        m.stop(Stop::Shutdown);
+        m.stop(Stop::Overflow);
+        assert_eq!(m.stopped(), Some(Stop::Shutdown));
+        assert!(!m.overflowed());
+        assert_eq!(m.recv().await.map(|_| ()), Err(Stop::Shutdown));
+        // A stop wakes a connection waiting on an empty queue.
+        let (m, _rx) = mailbox(&hub, 8);
+        let waiting = tokio::spawn({
+            let m = m.clone();
+            async move { m.recv().await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        m.stop(Stop::Overflow);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken in time")
+            .expect("task");
+        assert_eq!(got, Err(Stop::Overflow));
+    }
+
     #[test]
     fn topics_disappear_with_their_last_subscriber() {
         let hub = Hub::new(Arc::new(Metrics::new()));
