@@ -4,9 +4,10 @@
 //! Most connections are idle most of the time, so what an idle one holds decides how many a
 //! node can keep. Reads land in a buffer on the stack of the poll; only the unfinished part
 //! of a frame (rare: a frame split across TCP segments) is copied into a per-connection
-//! buffer, which is freed the moment it empties. Writes queue shared [`Frame`]s (no copy) and
-//! leave in vectored writes, up to [`MAX_IOVECS`] frames per system call; the queue's memory
-//! is freed once it drains.
+//! buffer, which is freed the moment it empties. Writes queue shared [`Frame`]s and whole
+//! durable runs (one queue item per run: no copy or reference count per frame) and leave in
+//! vectored writes, up to [`MAX_IOVECS`] frames per system call; the queue is freed once it
+//! drains. Both buffers are boxed, so an idle connection holds two null pointers.
 //!
 //! Control frames are handled here as RFC 6455 asks: a ping is answered with a pong carrying
 //! its data (§5.5.2), and a close is answered with a close carrying its status code (§5.5.1),
