@@ -29,6 +29,7 @@ mod calls;
 pub mod connection;
 pub mod error;
 mod inbound;
+pub mod json;
 pub mod liveness;
 mod outbound;
 pub mod outbox;
@@ -38,6 +39,7 @@ pub mod streams;
 pub mod subscriptions;
 pub mod token;
 pub mod vecmap;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -47,7 +49,7 @@ use std::collections::{BTreeMap, VecDeque};
 use tidings_protocol::server::{
     Events, HistoryPage, Member, MemberEvent, Message, PresenceReply, PresenceStats,
 };
-use tidings_protocol::{ClientMessage, Json, ServerMessage};
+use tidings_protocol::{ClientMessage, Json};
 pub use tidings_protocol::{NewEvent, Position};
 
 pub use backoff::Backoff;
@@ -438,7 +440,7 @@ impl Core {
                     self.liveness.on_received(ctx.now);
                     // Frames we cannot decode (a newer server's types) are skipped: the
                     // protocol only ever adds types and optional fields.
-                    if let Ok(message) = ServerMessage::decode(&text) {
+                    if let Ok(message) = wire::decode(&text) {
                         self.on_message(ctx, socket, message);
                     }
                 }
@@ -524,7 +526,7 @@ fn publish_id(instance: &str, seq: u64) -> String {
 
 /// Encode a client message.
 fn encode(message: &ClientMessage) -> Result<String, SdkError> {
-    serde_json::to_string(message).map_err(|e| SdkError::InvalidArgument(e.to_string()))
+    Ok(wire::encode(message))
 }
 
 /// Reject empty names early with a clear error (the server would answer `INVALID_TOPIC`).

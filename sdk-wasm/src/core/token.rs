@@ -3,27 +3,30 @@
 //! The SDK never verifies a token (it has no key); it only reads the unverified `exp` claim to
 //! schedule a refresh before the server would close the connection with 4001.
 
-use serde::Deserialize;
+use super::json::{once, read_all};
 
 /// Refresh this long before expiry at most (and a fifth of the lifetime for short tokens).
 pub const MAX_REFRESH_MARGIN_MS: u64 = 60_000;
-
-/// The claims the SDK reads.
-#[derive(Deserialize)]
-struct Claims {
-    /// A NumericDate: any JSON number of seconds (RFC 7519 §2), fractions allowed.
-    exp: Option<f64>,
-}
 
 /// The token's `exp` claim (whole seconds since the Unix epoch, clamped to the year 5138 as
 /// the server does), if it is a readable JWT.
 pub fn jwt_expiry(token: &str) -> Option<u64> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64url_decode(payload)?;
-    // from_str, not from_slice: one serde_json reader in the wasm instead of two.
     let text = String::from_utf8(bytes).ok()?;
-    let exp = serde_json::from_str::<Claims>(&text).ok()?.exp?;
-    Some(exp.clamp(0.0, 1e11) as u64)
+    // `exp` is a NumericDate: any JSON number of seconds (RFC 7519 §2), fractions allowed.
+    let mut exp = None;
+    read_all(&text, |r| {
+        r.object(|r, key| {
+            if key == "exp" && !r.null() {
+                once(&mut exp, r.whole_number()?)
+            } else {
+                r.value().map(drop)
+            }
+        })
+    })
+    .ok()?;
+    Some(exp?.min(100_000_000_000))
 }
 
 /// Whether a token with expiry `exp_secs` is past it at wall-clock `unix_ms`: the server

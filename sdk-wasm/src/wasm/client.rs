@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::core::vecmap::VecMap;
+use crate::core::wire;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Promise};
@@ -160,10 +161,8 @@ pub(crate) fn pump(shared: &SharedRef) {
             None
         }
     };
-    if let (Some((key, positions)), Some(storage)) = (save, browser::session_storage())
-        && let Ok(text) = serde_json::to_string(&positions)
-    {
-        let _ = storage.set_item(&key, &text);
+    if let (Some((key, positions)), Some(storage)) = (save, browser::session_storage()) {
+        let _ = storage.set_item(&key, &wire::positions_to_json(&positions));
     }
 }
 
@@ -499,7 +498,7 @@ impl TidingsClient {
         let saved = persist_key
             .as_deref()
             .and_then(|k| browser::session_storage()?.get_item(k).ok().flatten())
-            .and_then(|text| serde_json::from_str(&text).ok())
+            .and_then(|text| wire::positions_from_json(&text).ok())
             .unwrap_or_default();
         let shared = start(opts.config, opts.get_token, persist_key, saved)
             .map_err(|e| convert::error(&e))?;

@@ -1,11 +1,10 @@
 //! Conversions between JS values and the core's types: options, errors, messages, replies.
 
 use js_sys::{Array, Function, JSON, Object, Reflect};
-use serde::Serialize;
-use serde_json::value::RawValue;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+use crate::core::wire::{self, ToJson};
 use crate::core::{Config, Position, Reply, SdkError};
 use tidings_protocol::NewEvent;
 use tidings_protocol::server::Message;
@@ -114,12 +113,12 @@ pub fn since(value: &JsValue) -> Result<Option<Position>, SdkError> {
 }
 
 /// A JS value as raw JSON text (`undefined` and functions are refused).
-pub fn to_raw_json(value: &JsValue) -> Result<Box<RawValue>, SdkError> {
+pub fn to_raw_json(value: &JsValue) -> Result<tidings_protocol::Json, SdkError> {
     let text = JSON::stringify(value)
         .ok()
         .and_then(|s| s.as_string())
         .ok_or_else(|| SdkError::InvalidArgument("data must be JSON-serializable".into()))?;
-    RawValue::from_string(text).map_err(|e| SdkError::InvalidArgument(e.to_string()))
+    wire::raw_json(&text).map_err(|_| SdkError::InvalidArgument("data must be JSON".into()))
 }
 
 /// Events for `append`: an array of `{type, data}`.
@@ -146,12 +145,9 @@ pub fn new_events(value: &JsValue) -> Result<Vec<NewEvent>, SdkError> {
         .collect()
 }
 
-/// Any serializable value as a plain JS value (via JSON, so raw payloads stay exact).
-pub fn to_js<T: Serialize>(value: &T) -> JsValue {
-    serde_json::to_string(value)
-        .ok()
-        .and_then(|s| JSON::parse(&s).ok())
-        .unwrap_or(JsValue::NULL)
+/// A protocol value as a plain JS value (via its JSON, so raw payloads stay exact).
+pub fn to_js<T: ToJson + ?Sized>(value: &T) -> JsValue {
+    JSON::parse(&value.to_json()).unwrap_or(JsValue::NULL)
 }
 
 /// A delivered message as `{topic, data, from, timestamp, offset?, epoch?}`.

@@ -1,0 +1,688 @@
+//! A small JSON reader and writer (RFC 8259), for the frames the SDK sends and receives.
+//!
+//! Why not serde_json: in the browser every byte of the SDK is paid on every first page load,
+//! and serde_json's reader (one monomorphised visitor per message type, errors built with
+//! `core::fmt`, float formatting) was the largest part of the wasm. The SDK only reads the
+//! fixed shapes of the server's messages and writes the fixed shapes of its own, so one
+//! non-generic reader and a few writer functions do it. `core::wire` builds the protocol's
+//! types with them; its host tests cross-check both directions against serde_json on every
+//! golden fixture.
+//!
+//! The reader is strict where JSON is (RFC 8259 §§2–7: no trailing commas, no leading zeros,
+//! no control characters in strings, escapes as listed, surrogate pairs joined) and bounded:
+//! nesting deeper than [`MAX_DEPTH`] is refused, so a hostile frame cannot exhaust the stack.
+
+use std::borrow::Cow;
+
+/// How deeply arrays and objects may nest (serde_json's default recursion limit).
+pub const MAX_DEPTH: u32 = 128;
+
+/// The text is not JSON, or not the shape the caller asked for. Deliberately without detail:
+/// the SDK skips frames it cannot read (a newer server's), so no message is ever shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid;
+
+/// What every reading step returns.
+pub type Read<T> = Result<T, Invalid>;
+
+/// A cursor over JSON text.
+pub struct Reader<'a> {
+    text: &'a str,
+    pos: usize,
+    depth: u32,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `text`.
+    pub fn new(text: &'a str) -> Self {
+        Reader {
+            text,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// The next byte that is not whitespace, without consuming it.
+    pub fn peek(&mut self) -> Option<u8> {
+        while let Some(&b) = self.bytes().get(self.pos) {
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                self.pos += 1;
+            } else {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    fn eat(&mut self, want: u8) -> Read<()> {
+        if self.peek() == Some(want) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Read<()> {
+        if self.peek().is_some() && self.text[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    /// Only whitespace is left.
+    ///
+    /// # Errors
+    /// [`Invalid`] when anything else follows.
+    pub fn end(&mut self) -> Read<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(Invalid),
+        }
+    }
+
+    /// Whether the next value is `null`; if it is, it is consumed.
+    pub fn null(&mut self) -> bool {
+        self.peek() == Some(b'n') && self.literal("null").is_ok()
+    }
+
+    /// An object, calling `field` with each key; `field` must read the key's value.
+    ///
+    /// # Errors
+    /// [`Invalid`] for anything but an object, or whatever `field` returns.
+    pub fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Read<()>) -> Read<()> {
+        self.eat(b'{')?;
+        self.enter()?;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                field(self, &key)?;
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// An array, calling `item` to read each element.
+    ///
+    /// # Errors
+    /// [`Invalid`] for anything but an array, or whatever `item` returns.
+    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Read<()>) -> Read<()> {
+        self.eat(b'[')?;
+        self.enter()?;
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            loop {
+                item(self)?;
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b']') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn enter(&mut self) -> Read<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            Err(Invalid)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A boolean.
+    ///
+    /// # Errors
+    /// [`Invalid`] for anything else.
+    pub fn bool(&mut self) -> Read<bool> {
+        match self.peek() {
+            Some(b't') => self.literal("true").map(|()| true),
+            Some(b'f') => self.literal("false").map(|()| false),
+            _ => Err(Invalid),
+        }
+    }
+
+    /// A string, unescaped (borrowed when it has no escapes).
+    ///
+    /// # Errors
+    /// [`Invalid`] for anything but a well-formed string; a `\u` escape that is a lone
+    /// surrogate is refused, as serde_json refuses it (a Rust string cannot hold it).
+    pub fn string(&mut self) -> Read<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        let mut owned: Option<String> = None;
+        let mut run = start;
+        loop {
+            let b = *self.bytes().get(self.pos).ok_or(Invalid)?;
+            match b {
+                b'"' => {
+                    let tail = &self.text[run..self.pos];
+                    self.pos += 1;
+                    return Ok(match owned {
+                        None => Cow::Borrowed(tail),
+                        Some(mut s) => {
+                            s.push_str(tail);
+                            Cow::Owned(s)
+                        }
+                    });
+                }
+                b'\\' => {
+                    let s = owned.get_or_insert_with(String::new);
+                    s.push_str(&self.text[run..self.pos]);
+                    self.pos += 1;
+                    let c = self.escape()?;
+                    s.push(c);
+                    run = self.pos;
+                }
+                0..=0x1f => return Err(Invalid),
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// The escape after a backslash, as the character it stands for.
+    fn escape(&mut self) -> Read<char> {
+        let b = *self.bytes().get(self.pos).ok_or(Invalid)?;
+        self.pos += 1;
+        Ok(match b {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = self.hex4()?;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    if !self.text[self.pos..].starts_with("\\u") {
+                        return Err(Invalid);
+                    }
+                    self.pos += 2;
+                    let lo = self.hex4()?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(Invalid);
+                    }
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                char::from_u32(code).ok_or(Invalid)?
+            }
+            _ => return Err(Invalid),
+        })
+    }
+
+    fn hex4(&mut self) -> Read<u32> {
+        let digits = self.bytes().get(self.pos..self.pos + 4).ok_or(Invalid)?;
+        let mut n = 0;
+        for &d in digits {
+            let v = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => return Err(Invalid),
+            };
+            n = n * 16 + u32::from(v);
+        }
+        self.pos += 4;
+        Ok(n)
+    }
+
+    /// A number's text, checked against the grammar of RFC 8259 §6.
+    fn number_text(&mut self) -> Read<&'a str> {
+        self.peek();
+        let start = self.pos;
+        let b = self.bytes();
+        let digits = |pos: &mut usize| {
+            let from = *pos;
+            while b.get(*pos).is_some_and(u8::is_ascii_digit) {
+                *pos += 1;
+            }
+            *pos > from
+        };
+        let mut pos = self.pos;
+        if b.get(pos) == Some(&b'-') {
+            pos += 1;
+        }
+        if b.get(pos) == Some(&b'0') {
+            pos += 1;
+        } else if !digits(&mut pos) {
+            return Err(Invalid);
+        }
+        if b.get(pos) == Some(&b'.') {
+            pos += 1;
+            if !digits(&mut pos) {
+                return Err(Invalid);
+            }
+        }
+        if matches!(b.get(pos), Some(b'e' | b'E')) {
+            pos += 1;
+            if matches!(b.get(pos), Some(b'+' | b'-')) {
+                pos += 1;
+            }
+            if !digits(&mut pos) {
+                return Err(Invalid);
+            }
+        }
+        self.pos = pos;
+        Ok(&self.text[start..pos])
+    }
+
+    /// A non-negative integer that fits in a `u64`, written without fraction or exponent
+    /// (as serde_json reads a `u64`: `1.0`, `1e3` and `-1` are refused).
+    ///
+    /// # Errors
+    /// [`Invalid`] for anything else.
+    pub fn u64(&mut self) -> Read<u64> {
+        let text = self.number_text()?;
+        let mut n: u64 = 0;
+        for d in text.bytes() {
+            if !d.is_ascii_digit() {
+                return Err(Invalid);
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or(Invalid)?;
+        }
+        Ok(n)
+    }
+
+    /// Any number, rounded down to a whole `u64` and saturated: negative numbers read as 0
+    /// and numbers past `u64::MAX` as `u64::MAX` (for a JWT's NumericDate, RFC 7519 §2, which
+    /// may carry a fraction or an exponent).
+    ///
+    /// # Errors
+    /// [`Invalid`] when the next value is not a number.
+    pub fn whole_number(&mut self) -> Read<u64> {
+        let text = self.number_text()?;
+        if text.starts_with('-') {
+            return Ok(0);
+        }
+        let (mantissa, exp) = match text.find(['e', 'E']) {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, "0"),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let negative_exp = exp.starts_with('-');
+        let mut shift: u64 = 0;
+        for d in exp.trim_start_matches(['+', '-']).bytes() {
+            shift = shift.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+        }
+        // The value is digits(int ++ frac) × 10^(±shift − frac.len()); keep the digits left
+        // of the decimal point.
+        let point = i128::from(int.len() as u32)
+            + if negative_exp {
+                -i128::from(shift.min(u64::from(u32::MAX)))
+            } else {
+                i128::from(shift.min(u64::from(u32::MAX)))
+            };
+        let mut n: u64 = 0;
+        for (i, d) in int.bytes().chain(frac.bytes()).enumerate() {
+            if (i as i128) >= point {
+                return Ok(n);
+            }
+            n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+        }
+        let zeros = point - (int.len() + frac.len()) as i128;
+        if n == 0 || zeros <= 0 {
+            return Ok(n);
+        }
+        for _ in 0..zeros.min(20) {
+            n = n.saturating_mul(10);
+        }
+        Ok(n)
+    }
+
+    /// Any value, checked and skipped; its exact text is returned (for payloads kept raw).
+    ///
+    /// # Errors
+    /// [`Invalid`] when the value is not well-formed JSON.
+    pub fn value(&mut self) -> Read<&'a str> {
+        let start = match self.peek() {
+            Some(_) => self.pos,
+            None => return Err(Invalid),
+        };
+        match self.bytes()[start] {
+            b'{' => self.object(|r, _| r.value().map(drop))?,
+            b'[' => self.array(|r| r.value().map(drop))?,
+            b'"' => self.skip_string()?,
+            b't' | b'f' => self.bool().map(drop)?,
+            b'n' => self.literal("null")?,
+            _ => self.number_text().map(drop)?,
+        }
+        Ok(&self.text[start..self.pos])
+    }
+
+    /// A string checked without building it (escapes are checked for form only, as in
+    /// JSON.parse: a payload may hold a lone surrogate escape).
+    fn skip_string(&mut self) -> Read<()> {
+        self.eat(b'"')?;
+        loop {
+            let b = *self.bytes().get(self.pos).ok_or(Invalid)?;
+            self.pos += 1;
+            match b {
+                b'"' => return Ok(()),
+                b'\\' => {
+                    let e = *self.bytes().get(self.pos).ok_or(Invalid)?;
+                    if e == b'u' {
+                        self.pos += 1;
+                        self.hex4()?;
+                    } else if b"\"\\/bfnrt".contains(&e) {
+                        self.pos += 1;
+                    } else {
+                        return Err(Invalid);
+                    }
+                }
+                0..=0x1f => return Err(Invalid),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Read a whole text with `read`, refusing anything after the value.
+///
+/// # Errors
+/// [`Invalid`] when `read` fails or text follows the value.
+pub fn read_all<'a, T>(text: &'a str, read: impl FnOnce(&mut Reader<'a>) -> Read<T>) -> Read<T> {
+    let mut r = Reader::new(text);
+    let value = read(&mut r)?;
+    r.end()?;
+    Ok(value)
+}
+
+/// Store a field's value, refusing a second occurrence of the key (as serde's derive does).
+///
+/// # Errors
+/// [`Invalid`] when `slot` is already filled.
+pub fn once<T>(slot: &mut Option<T>, value: T) -> Read<()> {
+    if slot.replace(value).is_some() {
+        Err(Invalid)
+    } else {
+        Ok(())
+    }
+}
+
+/// Append `s` as a JSON string, escaped as serde_json escapes it (`"`, `\` and control
+/// characters; the short forms where JSON has them, `\u00XX` for the rest).
+pub fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(short);
+        }
+        run = i + 1;
+    }
+    out.push_str(&s[run..]);
+    out.push('"');
+}
+
+/// Append `n` in decimal (without `core::fmt`).
+pub fn write_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends the members of one JSON object: `{"key":value,...}`, commas placed for the caller.
+pub struct ObjectWriter<'o> {
+    out: &'o mut String,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    /// Open an object on `out`.
+    pub fn new(out: &'o mut String) -> Self {
+        out.push('{');
+        ObjectWriter { out, first: true }
+    }
+
+    /// Start the member `key`; the caller writes its value to the returned string.
+    pub fn key(&mut self, key: &str) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        write_str(self.out, key);
+        self.out.push(':');
+        self.out
+    }
+
+    /// A string member.
+    pub fn str(&mut self, key: &str, value: &str) {
+        let out = self.key(key);
+        write_str(out, value);
+    }
+
+    /// A string member, left out when `None`.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+
+    /// A number member.
+    pub fn u64(&mut self, key: &str, value: u64) {
+        let out = self.key(key);
+        write_u64(out, value);
+    }
+
+    /// A number member, left out when `None`.
+    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) {
+        if let Some(v) = value {
+            self.u64(key, v);
+        }
+    }
+
+    /// A member whose value is JSON text already.
+    pub fn raw(&mut self, key: &str, json: &str) {
+        self.key(key).push_str(json);
+    }
+
+    /// Close the object.
+    pub fn end(self) {
+        self.out.push('}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip(text: &str) -> Read<&str> {
+        read_all(text, |r| r.value())
+    }
+
+    #[test]
+    fn values_are_checked_and_their_text_kept() {
+        for ok in [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "12.5e-3",
+            "1E+2",
+            r#""a\"b\\c\/\b\f\n\r\t\u00e9\ud83d\ude00""#,
+            r#""\ud800""#,
+            "[]",
+            "[1,[2,{}]]",
+            r#"{"a":{"b":[null,"x"]},"c":1}"#,
+            " { } ",
+        ] {
+            assert_eq!(skip(ok), Ok(ok.trim()), "{ok}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(ok).is_ok() || ok == r#""\ud800""#,
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "nul",
+            "tru",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "[1,]",
+            "[,1]",
+            "{,}",
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#"{a:1}"#,
+            "\"\u{1}\"",
+            r#""\x""#,
+            r#""\u12""#,
+            "\"abc",
+            "[1 2]",
+            "1 2",
+            "{}}",
+            "[",
+        ] {
+            assert_eq!(skip(bad), Err(Invalid), "{bad:?}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(skip(&deep(MAX_DEPTH as usize)).is_ok());
+        assert_eq!(skip(&deep(MAX_DEPTH as usize + 1)), Err(Invalid));
+        assert_eq!(skip(&"[".repeat(100_000)), Err(Invalid));
+    }
+
+    #[test]
+    fn strings_unescape_like_serde_json() {
+        for text in [
+            r#""plain""#,
+            r#""a\"b\\c\/\b\f\n\r\t""#,
+            r#""\u00e9\u4e2d\ud83d\ude00 é中😀""#,
+        ] {
+            let ours = read_all(text, |r| r.string()).expect(text);
+            let theirs: String = serde_json::from_str(text).expect(text);
+            assert_eq!(ours, theirs);
+        }
+        for bad in [r#""\ud800""#, r#""\udc00""#, r#""\ud800\u0041""#] {
+            assert_eq!(read_all(bad, |r| r.string()), Err(Invalid), "{bad}");
+            assert!(serde_json::from_str::<String>(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            read_all(r#""abc""#, |r| r.string()),
+            Ok(Cow::Borrowed("abc"))
+        ));
+    }
+
+    #[test]
+    fn u64_reads_integers_only() {
+        for (text, n) in [("0", 0), ("42", 42), ("18446744073709551615", u64::MAX)] {
+            assert_eq!(read_all(text, |r| r.u64()), Ok(n));
+        }
+        for bad in ["-1", "1.0", "1e3", "18446744073709551616", "\"1\"", "null"] {
+            assert_eq!(read_all(bad, |r| r.u64()), Err(Invalid), "{bad}");
+            assert!(serde_json::from_str::<u64>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_round_down_and_saturate() {
+        for (text, n) in [
+            ("1700000000", 1_700_000_000),
+            ("1700000000.9", 1_700_000_000),
+            ("1.7e9", 1_700_000_000),
+            ("17E+8", 1_700_000_000),
+            ("1700000000e-3", 1_700_000),
+            ("0.5", 0),
+            ("5e-400", 0),
+            ("-3", 0),
+            ("0e99999999999999999999", 0),
+            ("1e30", u64::MAX),
+            ("1e99999999999999999999", u64::MAX),
+        ] {
+            assert_eq!(read_all(text, |r| r.whole_number()), Ok(n), "{text}");
+        }
+        assert_eq!(read_all("\"1\"", |r| r.whole_number()), Err(Invalid));
+    }
+
+    #[test]
+    fn strings_and_numbers_are_written_as_serde_json_writes_them() {
+        let all: String = (0u8..0x80).map(char::from).collect();
+        for s in [
+            "",
+            "plain",
+            "quote \" slash \\ nl \n",
+            "é中😀",
+            all.as_str(),
+        ] {
+            let mut out = String::new();
+            write_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("json"));
+        }
+        for n in [0, 7, 10, 1_000_000, u64::MAX] {
+            let mut out = String::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
+}
