@@ -11,15 +11,15 @@
 
 use std::ops::RangeInclusive;
 
-use serde::Deserialize;
+use tidings_protocol::NewEvent;
 use tidings_protocol::aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
 #[cfg(feature = "aggregates")]
 use tidings_protocol::order::Order;
 use tidings_protocol::server::{Events, Message, StoredEvent};
-use tidings_protocol::{Json, NewEvent};
 
 use super::SdkError;
 use super::streams::StreamFold;
+use super::{json, wire};
 
 /// The built-in aggregates, by the name `client.stream(id, name)` takes (none in a build
 /// without the `aggregates` feature: the npm package's `tidings` entry).
@@ -245,16 +245,19 @@ impl<A: Decide> Model for AggregateFold<A> {
 /// and its data the event's `{type, data}` (anything else, a plain publish to the stream,
 /// reads as type `"message"`, as the server's `read` does).
 pub fn stored_event(version: u64, message: &Message) -> StoredEvent {
-    #[derive(Deserialize)]
-    struct Wire {
-        r#type: String,
-        #[serde(default = "tidings_protocol::json_null")]
-        data: Json,
-    }
-    let (r#type, data) = match serde_json::from_str::<Wire>(message.data.get()) {
-        Ok(w) => (w.r#type, w.data),
-        Err(_) => ("message".to_owned(), message.data.clone()),
+    let envelope = || {
+        let (mut kind, mut data) = (None, None);
+        json::read_all(message.data.get(), |r| {
+            r.object(|r, key| match key {
+                "type" => json::once(&mut kind, r.string()?.into_owned()),
+                "data" => json::once(&mut data, wire::raw_json(r.value()?)?),
+                _ => r.value().map(drop),
+            })
+        })?;
+        Ok::<_, json::Invalid>((kind.ok_or(json::Invalid)?, data.unwrap_or_default()))
     };
+    let (r#type, data) =
+        envelope().unwrap_or_else(|_| ("message".to_owned(), message.data.clone()));
     StoredEvent {
         version,
         r#type,
