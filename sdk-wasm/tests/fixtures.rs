@@ -171,7 +171,7 @@ fn recovered_subscription_is_reported() {
 #[test]
 fn replies_settle_their_requests() {
     let (mut core, socket) = connected("connected.json");
-    let raw = serde_json::value::RawValue::from_string("1".into()).expect("json");
+    let raw = tidings_protocol::Json::parse("1").expect("json");
     let p = core.publish(CTX, "chat", raw).expect("publish");
     let h = core
         .history(CTX, "chat", Some(10), Some(50))
@@ -235,7 +235,7 @@ fn a_partly_refused_subscribe_fails_only_the_refused_topic() {
 #[test]
 fn an_idempotency_conflict_and_a_page_with_more_reach_their_requests() {
     let (mut core, socket) = connected("connected.json");
-    let raw = serde_json::value::RawValue::from_string("1".into()).expect("json");
+    let raw = tidings_protocol::Json::parse("1").expect("json");
     let p = core.publish(CTX, "chat", raw).expect("publish");
     let h = core.history(CTX, "big", None, None).expect("history");
     drain(&mut core);

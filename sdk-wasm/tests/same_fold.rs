@@ -8,7 +8,7 @@
 
 use tidings_protocol::order::{Item, Money, Order, OrderCommand};
 use tidings_protocol::server::{Events, StoredEvent};
-use tidings_protocol::{NewEvent, RawValue, ServerMessage, Versioned};
+use tidings_protocol::{Json, NewEvent, ServerMessage, Versioned};
 use tidings_sdk::core::aggregates::{AggregateFold, Applied, Model, appended_event};
 use tidings_server::{Config, Repository, StoreKind, Tidings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,7 +144,7 @@ async fn the_sdk_folds_a_stream_as_the_servers_repository_does() {
             Some(10),
             vec![NewEvent {
                 r#type: "gift_wrapped".into(),
-                data: RawValue::from_string(r#"{"paper":"red"}"#.into()).expect("json"),
+                data: Json::parse(r#"{"paper":"red"}"#).expect("json"),
             }],
             "newer-app",
         )

@@ -160,7 +160,7 @@ impl Tidings {
         topic: &str,
         data: &T,
     ) -> Result<Published, PublishError> {
-        let data = serde_json::value::to_raw_value(data)?;
+        let data = tidings_protocol::Json::to_json(data)?;
         let (reply, committed) = store::reply_channel();
         let op = ops::PublishOp {
             topic: topic.to_owned(),

@@ -110,7 +110,7 @@ async fn snapshot_plus_replay_equals_full_replay() {
     let mut baseline = tidings_protocol::aggregate::Versioned::<Order>::default();
     for row in rows {
         let event: serde_json::Value = serde_json::from_str(row.data.get()).expect("json");
-        let data = serde_json::value::to_raw_value(&event["data"]).expect("raw");
+        let data = tidings_protocol::Json::to_json(&event["data"]).expect("raw");
         baseline.version = row.offset;
         baseline
             .state

@@ -14,7 +14,6 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::Json;
 use crate::client::NewEvent;
@@ -66,7 +65,7 @@ pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned {
 
     /// Decode an event from the wire's `type` and `data` (of a [`StoredEvent`], a live
     /// stream message, or a [`NewEvent`]).
-    fn from_wire(event_type: &str, data: &RawValue) -> Result<Self::Event, EventError> {
+    fn from_wire(event_type: &str, data: &Json) -> Result<Self::Event, EventError> {
         let text = serde_json::to_string(&BorrowedWire {
             r#type: event_type,
             data,
@@ -84,7 +83,7 @@ pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned {
     /// Decode and apply one wire event. On error the state is unchanged and the error says
     /// why, so a reader can skip events from newer writers ([`EventError::UnknownType`])
     /// and keep going instead of failing the whole stream.
-    fn apply_wire(&mut self, event_type: &str, data: &RawValue) -> Result<(), EventError> {
+    fn apply_wire(&mut self, event_type: &str, data: &Json) -> Result<(), EventError> {
         let event = Self::from_wire(event_type, data)?;
         self.apply(&event);
         Ok(())
@@ -165,7 +164,7 @@ struct OwnedWire {
 #[derive(Serialize)]
 struct BorrowedWire<'a> {
     r#type: &'a str,
-    data: &'a RawValue,
+    data: &'a Json,
 }
 
 /// An aggregate's state together with the stream version it includes.
@@ -195,7 +194,7 @@ impl<A: Aggregate> Versioned<A> {
     pub fn to_snapshot(&self) -> Result<Snapshot, serde_json::Error> {
         Ok(Snapshot {
             version: self.version,
-            state: serde_json::value::to_raw_value(&self.state)?,
+            state: Json::to_json(&self.state)?,
         })
     }
 

@@ -164,9 +164,9 @@ impl NewEvent {
         #[derive(Serialize)]
         struct Envelope<'a> {
             r#type: &'a str,
-            data: &'a crate::RawValue,
+            data: &'a Json,
         }
-        serde_json::value::to_raw_value(&Envelope {
+        Json::to_json(&Envelope {
             r#type: &self.r#type,
             data: &self.data,
         })

@@ -22,13 +22,16 @@ pub mod aggregate;
 pub mod client;
 pub mod codes;
 pub mod decode;
+pub mod json;
 pub mod order;
+mod raw;
 pub mod server;
 
 pub use aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
 pub use client::{ClientMessage, NewEvent, Position};
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{DecodeError, Envelope};
+pub use raw::{InvalidJson, Json};
 pub use serde_json::value::RawValue;
 pub use server::ServerMessage;
 
@@ -47,12 +50,6 @@ pub const MAX_REF_LEN: usize = 256;
 /// The longest publish `id` (idempotency key), in bytes. It is stored and indexed with the
 /// message, so it is kept short; longer ones are refused as `INVALID_MESSAGE`.
 pub const MAX_ID_LEN: usize = 256;
-
-/// A JSON value kept as the exact text the sender wrote.
-///
-/// Payloads (`data`) are never inspected by the server, so they are carried as raw JSON:
-/// no parse into a tree and back on the publish path, and numbers keep their exact spelling.
-pub type Json = Box<RawValue>;
 
 /// The JSON `null`, used where a template client omitted `data`.
 pub fn json_null() -> Json {

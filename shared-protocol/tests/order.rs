@@ -4,10 +4,10 @@
 use serde_json::json;
 use tidings_protocol::order::{Item, Money, Order, OrderError, OrderEvent, OrderStatus};
 use tidings_protocol::server::StoredEvent;
-use tidings_protocol::{Aggregate, ClientMessage, EventError, NewEvent, RawValue, Versioned};
+use tidings_protocol::{Aggregate, ClientMessage, EventError, Json, NewEvent, Versioned};
 
-fn raw(json: &str) -> Box<RawValue> {
-    RawValue::from_string(json.to_owned()).expect("valid JSON")
+fn raw(json: &str) -> Json {
+    Json::parse(json).expect("valid JSON")
 }
 
 /// Run a command and apply its events, as a repository does after a successful append.

@@ -19,7 +19,8 @@ use tidings_protocol::server::{Events, Message, StoredEvent};
 
 use super::SdkError;
 use super::streams::StreamFold;
-use super::{json, wire};
+use super::wire;
+use tidings_protocol::json;
 
 /// The built-in aggregates, by the name `client.stream(id, name)` takes (none in a build
 /// without the `aggregates` feature: the npm package's `tidings` entry).
@@ -392,7 +393,7 @@ mod tests {
 
         let bad = Snapshot {
             version: 4,
-            state: serde_json::value::to_raw_value(&"not an order").expect("raw"),
+            state: tidings_protocol::Json::to_json(&"not an order").expect("raw"),
         };
         let e = order()
             .load(&read(4, Some(bad), vec![]))

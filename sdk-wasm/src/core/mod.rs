@@ -29,7 +29,6 @@ mod calls;
 pub mod connection;
 pub mod error;
 mod inbound;
-pub mod json;
 pub mod liveness;
 mod outbound;
 pub mod outbox;

@@ -298,8 +298,7 @@ mod tests {
         Member {
             client_id: id.into(),
             user: user.into(),
-            info: serde_json::value::RawValue::from_string(format!(r#"{{"name":"{user}"}}"#))
-                .expect("json"),
+            info: tidings_protocol::Json::parse(format!(r#"{{"name":"{user}"}}"#)).expect("json"),
         }
     }
 

@@ -152,7 +152,7 @@ impl Shell {
 
     fn publish(&mut self, topic: &str, data: &str) -> (RequestId, Vec<Action>) {
         let ctx = self.ctx();
-        let raw = serde_json::value::RawValue::from_string(data.to_owned()).expect("json");
+        let raw = tidings_protocol::Json::parse(data.to_owned()).expect("json");
         let id = self.core.publish(ctx, topic, raw).expect("publish");
         (id, self.drain())
     }
@@ -495,7 +495,7 @@ fn outbox_is_bounded() {
     s.publish("t", "1");
     s.publish("t", "2");
     let ctx = s.ctx();
-    let raw = serde_json::value::RawValue::from_string("3".into()).expect("json");
+    let raw = tidings_protocol::Json::parse("3").expect("json");
     let err = s.core.publish(ctx, "t", raw).expect_err("full");
     assert_eq!(err.code(), "OUTBOX_FULL");
 }
@@ -526,7 +526,7 @@ fn publish_errors_and_timeouts_reject_and_are_not_resent() {
 fn empty_topics_are_refused() {
     let mut s = Shell::with_token();
     let ctx = s.ctx();
-    let raw = serde_json::value::RawValue::from_string("1".into()).expect("json");
+    let raw = tidings_protocol::Json::parse("1").expect("json");
     assert_eq!(
         s.core.publish(ctx, "", raw).map_err(|e| e.code()),
         Err("INVALID_ARGUMENT")
@@ -550,7 +550,7 @@ fn history_append_read_round_trips() {
         .expect("history");
     let ev = NewEvent {
         r#type: "order_created".into(),
-        data: serde_json::value::RawValue::from_string("{}".into()).expect("json"),
+        data: tidings_protocol::Json::parse("{}").expect("json"),
     };
     let a = s
         .core
@@ -1378,7 +1378,7 @@ fn connected_with_limit(s: &mut Shell, limit: u64) {
 }
 
 fn raw(text: &str) -> Json {
-    serde_json::value::RawValue::from_string(text.to_owned()).expect("json")
+    tidings_protocol::Json::parse(text.to_owned()).expect("json")
 }
 
 #[test]

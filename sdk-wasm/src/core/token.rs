@@ -3,7 +3,7 @@
 //! The SDK never verifies a token (it has no key); it only reads the unverified `exp` claim to
 //! schedule a refresh before the server would close the connection with 4001.
 
-use super::json::{once, read_all};
+use tidings_protocol::json::{once, read_all};
 
 /// Refresh this long before expiry at most (and a fifth of the lifetime for short tokens).
 pub const MAX_REFRESH_MARGIN_MS: u64 = 60_000;

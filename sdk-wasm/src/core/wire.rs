@@ -22,7 +22,7 @@ use tidings_protocol::server::{
 };
 use tidings_protocol::{ClientMessage, ErrorCode, Json, Position, ServerMessage};
 
-use super::json::{Invalid, ObjectWriter, Read, Reader, once, read_all, write_str};
+use tidings_protocol::json::{Invalid, ObjectWriter, Read, Reader, once, read_all, write_str};
 
 /// Read one server frame.
 ///
@@ -102,7 +102,7 @@ fn raw(r: &mut Reader<'_>) -> Read<Json> {
 /// # Errors
 /// [`Invalid`] when `text` is not one JSON value.
 pub fn raw_json(text: &str) -> Read<Json> {
-    tidings_protocol::RawValue::from_string(text.to_owned()).map_err(|_| Invalid)
+    Json::parse(text).map_err(|_| Invalid)
 }
 
 fn position_value(r: &mut Reader<'_>) -> Read<u64> {

@@ -240,7 +240,7 @@ impl Client {
     /// [`Error::Encode`] when `data` does not serialize; `OUTBOX_FULL`, `MESSAGE_TOO_LARGE`,
     /// `CLOSED`, `TIMEOUT`, or the server's refusal (`FORBIDDEN`, `RATE_LIMITED`, ...).
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> Pending<Ack> {
-        let raw = match serde_json::value::to_raw_value(data) {
+        let raw = match tidings_protocol::Json::to_json(data) {
             Ok(raw) => raw,
             Err(e) => return Pending::failed(Error::Encode(e.to_string())),
         };

@@ -107,7 +107,7 @@ mod tests {
         Row {
             topic: Arc::from(topic),
             offset,
-            data: serde_json::value::to_raw_value(&offset).expect("json"),
+            data: tidings_protocol::Json::to_json(&offset).expect("json"),
             from: "c1".into(),
             timestamp: "t".into(),
             key: None,

@@ -107,8 +107,9 @@ impl Backend for MemoryBackend {
     }
 
     fn save_snapshot(&mut self, stream: &str, version: u64, state: &str) -> Result<(), StoreError> {
-        let state = serde_json::value::RawValue::from_string(state.to_owned())
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let state: Json = serde_json::value::RawValue::from_string(state.to_owned())
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .into();
         let mut data = lock(&self.0);
         let entry = data
             .snapshots
@@ -229,7 +230,7 @@ mod tests {
         Row {
             topic: Arc::from("t"),
             offset,
-            data: serde_json::value::to_raw_value(&offset).expect("json"),
+            data: tidings_protocol::Json::to_json(&offset).expect("json"),
             from: "c".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             key: id.map(|id| IdempotencyKey {

@@ -303,7 +303,7 @@ mod tests {
     use super::*;
 
     fn json(v: impl serde::Serialize) -> Json {
-        serde_json::value::to_raw_value(&v).expect("json")
+        Json::to_json(&v).expect("json")
     }
 
     fn publish(topic: &str, data: Json, key: Option<(&str, &str)>) -> Command {

@@ -378,7 +378,9 @@ impl SqliteReader {
 }
 
 fn raw(text: String) -> Result<Json, StoreError> {
-    RawValue::from_string(text).map_err(|e| StoreError::Backend(format!("stored JSON: {e}")))
+    RawValue::from_string(text)
+        .map(Json::from)
+        .map_err(|e| StoreError::Backend(format!("stored JSON: {e}")))
 }
 
 impl Reader for SqliteReader {

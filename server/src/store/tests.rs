@@ -119,7 +119,7 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 fn json(v: impl serde::Serialize) -> Json {
-    serde_json::value::to_raw_value(&v).expect("json")
+    Json::to_json(&v).expect("json")
 }
 
 const KINDS: [StoreKind; 2] = [StoreKind::Memory, StoreKind::Sqlite];

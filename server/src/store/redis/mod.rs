@@ -261,7 +261,7 @@ impl RedisLog {
             Ok((Some(version), Some(state))) => {
                 let state = serde_json::value::RawValue::from_string(state)
                     .map_err(|e| StoreError::Backend(format!("stored snapshot: {e}")))?;
-                Ok(Some((version, state)))
+                Ok(Some((version, state.into())))
             }
             Ok(_) => Ok(None),
             Err(e) => {
@@ -357,8 +357,9 @@ fn entry_row(topic: &Arc<str>, entry: Value) -> Result<Row, StoreError> {
             _ => {}
         }
     }
-    let data =
-        serde_json::value::RawValue::from_string(data.ok_or_else(bad)?).map_err(|_| bad())?;
+    let data = serde_json::value::RawValue::from_string(data.ok_or_else(bad)?)
+        .map_err(|_| bad())?
+        .into();
     Ok(Row {
         topic: Arc::clone(topic),
         offset,

@@ -1,12 +1,12 @@
-//! A small JSON reader and writer (RFC 8259), for the frames the SDK sends and receives.
+//! A small JSON reader and writer (RFC 8259), for code that must not link serde_json.
 //!
-//! Why not serde_json: in the browser every byte of the SDK is paid on every first page load,
-//! and serde_json's reader (one monomorphised visitor per message type, errors built with
-//! `core::fmt`, float formatting) was the largest part of the wasm. The SDK only reads the
+//! Why: in the browser every byte of the SDK is paid on every first page load, and
+//! serde_json's reader (one monomorphised visitor per message type, errors built with
+//! `core::fmt`, float formatting) was the largest part of its wasm. The SDK only reads the
 //! fixed shapes of the server's messages and writes the fixed shapes of its own, so one
-//! non-generic reader and a few writer functions do it. `core::wire` builds the protocol's
-//! types with them; its host tests cross-check both directions against serde_json on every
-//! golden fixture.
+//! non-generic reader and a few writer functions do it (the SDK's `core::wire` builds this
+//! crate's types with them, cross-checked against serde on every golden fixture), and
+//! [`Json::parse`](crate::Json::parse) checks raw payloads with it. The server keeps serde.
 //!
 //! The reader is strict where JSON is (RFC 8259 §§2–7: no trailing commas, no leading zeros,
 //! no control characters in strings, escapes as listed, surrogate pairs joined) and bounded:
