@@ -24,7 +24,7 @@ use crate::core::{
 };
 use tidings_protocol::server::{Events, Message};
 
-/// An event stream as the pump sees it. It is implemented in [`super::stream`], which builds
+/// An event stream as the pump sees it. It is implemented in `super::stream`, which builds
 /// on this module; the trait keeps the dependency one way.
 pub(crate) trait Follower {
     /// The initial `read` answered.
@@ -51,6 +51,7 @@ pub(crate) type Settle = Box<dyn FnOnce(&SharedRef, Result<Reply, SdkError>)>;
 
 /// What receives a subscriber's messages.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "streams"), allow(dead_code))] // `Stream`: only with streams
 pub(crate) enum Receiver {
     /// An application handler.
     Js(Function),
@@ -83,6 +84,7 @@ impl Handlers {
 }
 
 /// Who is waiting for a request's reply.
+#[cfg_attr(not(feature = "streams"), allow(dead_code))] // `Stream*`: only with streams
 pub(crate) enum Waiter {
     /// A promise returned to the application.
     Promise { resolve: Function, reject: Function },

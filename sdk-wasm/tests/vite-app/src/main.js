@@ -19,17 +19,36 @@ const sub = client.subscribe("demo", (msg) => {
 sub.onRecovery(({ recovered }) => console.log("recovered", recovered));
 window.tidings = client;
 
-// "tidings" is the build without the built-in Rust aggregates, and says where they are ...
+// "tidings" is the build without event streams, and says where they are ...
 let lean;
 try {
-  client.stream("order-1", "order");
-  lean = "lean: stream(id, \"order\") did not throw";
+  client.stream("order-1", (state) => state, 0);
+  lean = "lean: stream(id, reducer) did not throw";
 } catch (e) {
-  lean = e.code === "INVALID_ARGUMENT" && e.message.includes("tidings/aggregates")
+  lean = e.code === "INVALID_ARGUMENT" && e.message.includes("tidings/streams")
     ? "lean: ok"
     : `lean: ${e.code}: ${e.message}`;
 }
-// ... "tidings/aggregates" (its own wasm, loaded only by an app that imports it) has them.
+// ... "tidings/streams" (its own wasm, loaded only by an app that imports it) folds streams
+// with JS reducers, and names the entry with the built-in aggregates ...
+let streams;
+try {
+  const entry = await import("tidings/streams");
+  await entry.default();
+  const c = new entry.TidingsClient(options);
+  const stream = c.stream("counter-1", (n) => n + 1, 0);
+  try {
+    c.stream("order-1", "order");
+    streams = "streams: stream(id, \"order\") did not throw";
+  } catch (e) {
+    streams = e.code === "INVALID_ARGUMENT" && e.message.includes("tidings/aggregates")
+      ? `streams: ok (state ${stream.state})`
+      : `streams: ${e.code}: ${e.message}`;
+  }
+} catch (e) {
+  streams = `streams: ${e.code ?? ""} ${e.message}`;
+}
+// ... and "tidings/aggregates" has those too.
 let full;
 try {
   const aggregates = await import("tidings/aggregates");
@@ -39,4 +58,4 @@ try {
 } catch (e) {
   full = `aggregates: ${e.code ?? ""} ${e.message}`;
 }
-entries.textContent = `${lean}\n${full}`;
+entries.textContent = `${lean}\n${streams}\n${full}`;
