@@ -96,7 +96,10 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`Invalid`] for anything but an object, or whatever `field` returns.
-    pub fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Read<()>) -> Read<()> {
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, Cow<'a, str>) -> Read<()>,
+    ) -> Read<()> {
         self.eat(b'{')?;
         self.enter()?;
         if self.peek() == Some(b'}') {
@@ -105,7 +108,7 @@ impl<'a> Reader<'a> {
             loop {
                 let key = self.string()?;
                 self.eat(b':')?;
-                field(self, &key)?;
+                field(self, key)?;
                 match self.peek() {
                     Some(b',') => self.pos += 1,
                     Some(b'}') => {

@@ -249,7 +249,7 @@ pub fn stored_event(version: u64, message: &Message) -> StoredEvent {
     let envelope = || {
         let (mut kind, mut data) = (None, None);
         json::read_all(message.data.get(), |r| {
-            r.object(|r, key| match key {
+            r.object(|r, key| match &*key {
                 "type" => json::once(&mut kind, r.string()?.into_owned()),
                 "data" => json::once(&mut data, wire::raw_json(r.value()?)?),
                 _ => r.value().map(drop),

@@ -411,27 +411,28 @@ pub(crate) fn request_promise(
     shared: &SharedRef,
     f: impl FnOnce(&mut Core, Ctx) -> Result<RequestId, SdkError>,
 ) -> Promise {
+    let result = f(&mut shared.borrow_mut().core, browser::ctx());
+    promise_for(shared, result)
+}
+
+/// The promise of a request the core took (or refused): the part of [`request_promise`]
+/// that is the same for every request, kept out of line so each exported method carries only
+/// its own call.
+#[inline(never)]
+fn promise_for(shared: &SharedRef, result: Result<RequestId, SdkError>) -> Promise {
     let mut slots = None;
     let promise = Promise::new(&mut |resolve, reject| slots = Some((resolve, reject)));
     let Some((resolve, reject)) = slots else {
         return promise;
     };
-    let result = {
-        let mut s = shared.borrow_mut();
-        let result = f(&mut s.core, browser::ctx());
-        if let Ok(id) = result {
-            s.waiters.insert(
-                id,
-                Waiter::Promise {
-                    resolve,
-                    reject: reject.clone(),
-                },
-            );
+    match result {
+        Ok(id) => {
+            shared
+                .borrow_mut()
+                .waiters
+                .insert(id, Waiter::Promise { resolve, reject });
         }
-        result
-    };
-    if let Err(e) = result {
-        call1(&reject, &convert::error(&e));
+        Err(e) => call1(&reject, &convert::error(&e)),
     }
     pump(shared);
     promise
