@@ -19,8 +19,7 @@ use tidings_protocol::server::{Events, Message, StoredEvent};
 
 use super::SdkError;
 use super::streams::StreamFold;
-use super::wire;
-use tidings_protocol::json;
+use tidings_protocol::json::{Fields, Invalid};
 
 /// The built-in aggregates, by the name `client.stream(id, name)` takes (none in a build
 /// without the `aggregates` feature: the npm package's `tidings` entry).
@@ -247,15 +246,8 @@ impl<A: Decide> Model for AggregateFold<A> {
 /// reads as type `"message"`, as the server's `read` does).
 pub fn stored_event(version: u64, message: &Message) -> StoredEvent {
     let envelope = || {
-        let (mut kind, mut data) = (None, None);
-        json::read_all(message.data.get(), |r| {
-            r.object(|r, key| match &*key {
-                "type" => json::once(&mut kind, r.string()?.into_owned()),
-                "data" => json::once(&mut data, wire::raw_json(r.value()?)?),
-                _ => r.value().map(drop),
-            })
-        })?;
-        Ok::<_, json::Invalid>((kind.ok_or(json::Invalid)?, data.unwrap_or_default()))
+        let f = Fields::of(message.data.get())?;
+        Ok::<_, Invalid>((f.string("type")?, f.opt_raw("data")?))
     };
     let (r#type, data) =
         envelope().unwrap_or_else(|_| ("message".to_owned(), message.data.clone()));

@@ -3,7 +3,7 @@
 //! The SDK never verifies a token (it has no key); it only reads the unverified `exp` claim to
 //! schedule a refresh before the server would close the connection with 4001.
 
-use tidings_protocol::json::{once, read_all};
+use tidings_protocol::json::{Fields, Reader, read_all};
 
 /// Refresh this long before expiry at most (and a fifth of the lifetime for short tokens).
 pub const MAX_REFRESH_MARGIN_MS: u64 = 60_000;
@@ -15,18 +15,9 @@ pub fn jwt_expiry(token: &str) -> Option<u64> {
     let bytes = base64url_decode(payload)?;
     let text = String::from_utf8(bytes).ok()?;
     // `exp` is a NumericDate: any JSON number of seconds (RFC 7519 §2), fractions allowed.
-    let mut exp = None;
-    read_all(&text, |r| {
-        r.object(|r, key| {
-            if key == "exp" && !r.null() {
-                once(&mut exp, r.whole_number()?)
-            } else {
-                r.value().map(drop)
-            }
-        })
-    })
-    .ok()?;
-    Some(exp?.min(100_000_000_000))
+    let exp = Fields::of(&text).ok()?.opt("exp").ok()??;
+    let exp = read_all(exp, Reader::whole_number).ok()?;
+    Some(exp.min(100_000_000_000))
 }
 
 /// Whether a token with expiry `exp_secs` is past it at wall-clock `unix_ms`: the server

@@ -13,7 +13,6 @@
 //! twice, a missing required field, a mistyped one and a position above
 //! [`MAX_POSITION`](tidings_protocol::MAX_POSITION) make the frame unreadable.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use tidings_protocol::server::{
@@ -21,9 +20,9 @@ use tidings_protocol::server::{
     Message, Pong, PresenceReply, PresenceStats, Published, Refusal, Snapshot, StoredEvent,
     Subscribed, Unsubscribed,
 };
-use tidings_protocol::{ClientMessage, ErrorCode, Json, Position, ServerMessage};
+use tidings_protocol::{ClientMessage, Json, Position, ServerMessage};
 
-use tidings_protocol::json::{Invalid, ObjectWriter, Read, Reader, read_all, write_str};
+use tidings_protocol::json::{self, Fields, Invalid, ObjectWriter, Read, Reader, write_str};
 
 /// Read one server frame.
 ///
@@ -48,8 +47,8 @@ pub fn decode(text: &str) -> Read<ServerMessage> {
             max_message_bytes: f.opt_u64("max_message_bytes")?,
         }),
         "subscribed" => ServerMessage::Subscribed(Subscribed {
-            topics: f.strings("topics")?,
-            recovered: f.opt_map("recovered", |v| read_all(v, Reader::bool))?,
+            topics: f.list("topics", json::string)?,
+            recovered: f.opt_map("recovered", |v| json::read_all(v, Reader::bool))?,
             positions: f.opt_map("positions", position)?,
             refused: f.opt_map("refused", |v| {
                 let f = Fields::of(v)?;
@@ -61,7 +60,7 @@ pub fn decode(text: &str) -> Read<ServerMessage> {
             r#ref: f.opt_string("ref")?,
         }),
         "unsubscribed" => ServerMessage::Unsubscribed(Unsubscribed {
-            topics: f.strings("topics")?,
+            topics: f.list("topics", json::string)?,
             r#ref: f.opt_string("ref")?,
         }),
         "message" => ServerMessage::Message(message(&f)?),
@@ -185,134 +184,12 @@ fn position(text: &str) -> Read<Position> {
     })
 }
 
-/// The members of one JSON object: each key with the text of its value, checked but not yet
-/// read. Reading a message is then one lookup per field, in one non-generic pass (a reader
-/// per message type, each with its own error paths, was a tenth of the wasm).
-///
-/// Keys the SDK does not look up are skipped (a newer server's); a key that is looked up
-/// and given twice makes the object unreadable, as in serde. A `null` reads as an absent
-/// optional field.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
-
-impl<'a> Fields<'a> {
-    fn of(text: &'a str) -> Read<Self> {
-        let mut fields = Vec::new();
-        read_all(text, |r| {
-            r.object(|r, key| {
-                fields.push((key, r.value()?));
-                Ok(())
-            })
-        })?;
-        Ok(Fields(fields))
-    }
-
-    /// The value text of `key`, if present.
-    fn get(&self, key: &str) -> Read<Option<&'a str>> {
-        let mut found = None;
-        for (k, v) in &self.0 {
-            if k == key && found.replace(*v).is_some() {
-                return Err(Invalid);
-            }
-        }
-        Ok(found)
-    }
-
-    /// The value text of `key`, unless absent or `null`.
-    fn opt(&self, key: &str) -> Read<Option<&'a str>> {
-        Ok(self.get(key)?.filter(|v| *v != "null"))
-    }
-
-    fn req(&self, key: &str) -> Read<&'a str> {
-        self.get(key)?.ok_or(Invalid)
-    }
-
-    fn string(&self, key: &str) -> Read<String> {
-        text(self.req(key)?)
-    }
-
-    fn opt_string(&self, key: &str) -> Read<Option<String>> {
-        self.opt(key)?.map(text).transpose()
-    }
-
-    fn u64(&self, key: &str) -> Read<u64> {
-        read_all(self.req(key)?, Reader::u64)
-    }
-
-    fn opt_u64(&self, key: &str) -> Read<Option<u64>> {
-        self.opt(key)?.map(|v| read_all(v, Reader::u64)).transpose()
-    }
-
-    /// A boolean that is `false` when absent (`more`).
-    fn flag(&self, key: &str) -> Read<bool> {
-        self.get(key)?
-            .map_or(Ok(false), |v| read_all(v, Reader::bool))
-    }
-
-    fn raw(&self, key: &str) -> Read<Json> {
-        raw_json(self.req(key)?)
-    }
-
-    /// Raw JSON that is `null` when absent (presence `info`).
-    fn opt_raw(&self, key: &str) -> Read<Json> {
-        self.get(key)?.map_or(Ok(Json::null()), raw_json)
-    }
-
-    fn code(&self, key: &str) -> Read<ErrorCode> {
-        let name = text(self.req(key)?)?;
-        Ok(ErrorCode::ALL
-            .into_iter()
-            .find(|c| c.as_str() == name)
-            .unwrap_or(ErrorCode::Unknown))
-    }
-
-    fn strings(&self, key: &str) -> Read<Vec<String>> {
-        self.list(key, text)
-    }
-
-    fn list<T>(&self, key: &str, mut item: impl FnMut(&'a str) -> Read<T>) -> Read<Vec<T>> {
-        let mut out = Vec::new();
-        read_all(self.req(key)?, |r| {
-            r.array(|r| {
-                out.push(item(r.value()?)?);
-                Ok(())
-            })
-        })?;
-        Ok(out)
-    }
-
-    fn opt_map<T>(
-        &self,
-        key: &str,
-        value: impl FnMut(&'a str) -> Read<T>,
-    ) -> Read<Option<BTreeMap<String, T>>> {
-        self.opt(key)?.map(|v| map(v, value)).transpose()
-    }
-}
-
-/// A JSON string's value.
-fn text(span: &str) -> Read<String> {
-    read_all(span, Reader::string).map(Cow::into_owned)
-}
-
-/// An object as a map of its values, read by `value` (a repeated key: the last one wins, as
-/// serde fills a map).
-fn map<'a, T>(
-    text: &'a str,
-    mut value: impl FnMut(&'a str) -> Read<T>,
-) -> Read<BTreeMap<String, T>> {
-    let mut out = BTreeMap::new();
-    for (key, v) in Fields::of(text)?.0 {
-        out.insert(key.into_owned(), value(v)?);
-    }
-    Ok(out)
-}
-
 /// Checked JSON text as the protocol's raw value.
 ///
 /// # Errors
 /// [`Invalid`] when `text` is not one JSON value.
 pub fn raw_json(text: &str) -> Read<Json> {
-    Json::parse(text).map_err(|_| Invalid)
+    json::raw(text)
 }
 
 /// A client message as its frame: the bytes `serde_json` writes for it (same field order,
@@ -531,7 +408,7 @@ pub fn positions_to_json(positions: &BTreeMap<String, Position>) -> String {
 /// # Errors
 /// [`Invalid`] when `text` is not such an object.
 pub fn positions_from_json(text: &str) -> Read<BTreeMap<String, Position>> {
-    map(text, position)
+    json::map(text, position)
 }
 
 #[cfg(test)]
