@@ -71,3 +71,27 @@ fn the_pump_does_not_import_what_builds_on_it() {
         "client.rs names crate::native"
     );
 }
+
+/// The browser build reads and writes JSON with the protocol's small reader and writer
+/// (`core/wire.rs`), never serde_json, whose reader, errors and float formatting were half the
+/// wasm (docs/sdk.md, "Size"). Only the built-in aggregates (their own cargo feature and
+/// package entry) and tests use it; the Rust API (`native/`) is not part of the JS entries.
+#[test]
+fn the_browser_build_does_not_use_serde_json() {
+    let mut files = Vec::new();
+    rs_files(&src().join("core"), &mut files);
+    rs_files(&src().join("wasm"), &mut files);
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| !f.ends_with("core/aggregates.rs") && !f.ends_with("core/tests.rs"))
+        .filter(|f| {
+            let text = code(f);
+            let shipped = text.split("#[cfg(test)]").next().unwrap_or_default();
+            shipped.contains("serde_json") || shipped.contains("serde::")
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "browser code using serde: {offenders:?}"
+    );
+}
