@@ -47,8 +47,7 @@ impl Json {
     /// serde_json's `RawValue::from_string` keeps it).
     ///
     /// # Errors
-    /// [`InvalidJson`] when `text` is not exactly one well-formed JSON value, or nests
-    /// deeper than [`json::MAX_DEPTH`].
+    /// [`InvalidJson`] when `text` is not exactly one well-formed JSON value.
     pub fn parse(text: impl Into<String>) -> Result<Json, InvalidJson> {
         let text = text.into();
         let value = json::read_all(&text, |r| r.value())?;

@@ -491,7 +491,15 @@ mod tests {
             r#"{"type":"pong""#,
             "",
         ];
-        for text in frames {
+        // A payload nested deeper than serde_json's recursion limit: the server stores it
+        // (raw values have no depth limit), so the browser must read it too.
+        let deep = format!(
+            r#"{{"type":"message","topic":"t","data":{}1{},"from":"u","timestamp":"t","offset":1}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert!(decode(&deep).is_ok(), "a deep payload");
+        for text in frames.into_iter().chain([deep.as_str()]) {
             match (decode(text), ServerMessage::decode(text)) {
                 (Ok(a), Ok(b)) => assert!(same(&a, &b), "{text}"),
                 (Err(_), Err(_)) => {}
