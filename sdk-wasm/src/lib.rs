@@ -5,6 +5,11 @@
 //!   on the host.
 //! * `wasm` (wasm32 only) — the thin browser shell: WebSocket, one timer, `online`/`offline`
 //!   and `visibilitychange` listeners, sessionStorage, and the JS API (`TidingsClient`).
+//! * [`engine`] — the core behind a boundary of JSON text and numbers, for the hand-written
+//!   JavaScript API: inputs in, actions out as JSON arrays, event streams folded. Plain Rust,
+//!   tested on the host.
+//! * `js` (wasm32 with the `js` feature) — that engine exported with wasm-bindgen: one class
+//!   of strings and numbers, nothing else.
 //! * `native` (wasm32 only) — the Rust API for Rust web frontends (`native::Client`): the same
 //!   core through the same pump, with futures and streams instead of promises and callbacks.
 //!
@@ -14,6 +19,10 @@
 #![deny(missing_docs)]
 
 pub mod core;
+pub mod engine;
+
+#[cfg(all(target_arch = "wasm32", feature = "js"))]
+mod js;
 
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

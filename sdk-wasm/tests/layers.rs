@@ -72,6 +72,38 @@ fn the_pump_does_not_import_what_builds_on_it() {
     );
 }
 
+/// The JS API's engine (`engine/`) is plain Rust like the core, and its wasm export
+/// (`js.rs`) is wasm-bindgen only: no js-sys, no web-sys, no JsValue (strings and numbers
+/// cross the boundary), and neither names the wasm-bindgen shell (`wasm/`) or the Rust API.
+#[test]
+fn the_engine_is_plain_rust_and_its_export_only_forwards() {
+    let mut files = Vec::new();
+    rs_files(&src().join("engine"), &mut files);
+    assert!(files.len() >= 2, "found the engine's files");
+    for f in &files {
+        let text = code(f);
+        for name in [
+            "crate::wasm",
+            "crate::native",
+            "wasm_bindgen",
+            "js_sys",
+            "web_sys",
+        ] {
+            assert!(!text.contains(name), "{} names {name}", f.display());
+        }
+    }
+    let text = code(&src().join("js.rs"));
+    for name in [
+        "crate::wasm",
+        "crate::native",
+        "js_sys",
+        "web_sys",
+        "JsValue",
+    ] {
+        assert!(!text.contains(name), "js.rs names {name}");
+    }
+}
+
 /// The browser build reads and writes JSON with the protocol's small reader and writer
 /// (`core/wire.rs`), never serde_json, whose reader, errors and float formatting were half the
 /// wasm (docs/sdk.md, "Size"). Only the built-in aggregates (their own cargo feature and
@@ -81,9 +113,15 @@ fn the_browser_build_does_not_use_serde_json() {
     let mut files = Vec::new();
     rs_files(&src().join("core"), &mut files);
     rs_files(&src().join("wasm"), &mut files);
+    rs_files(&src().join("engine"), &mut files);
+    files.push(src().join("js.rs"));
     let offenders: Vec<_> = files
         .iter()
-        .filter(|f| !f.ends_with("core/aggregates.rs") && !f.ends_with("core/tests.rs"))
+        .filter(|f| {
+            !f.ends_with("core/aggregates.rs")
+                && !f.ends_with("core/tests.rs")
+                && !f.ends_with("engine/tests.rs")
+        })
         .filter(|f| {
             let text = code(f);
             let shipped = text.split("#[cfg(test)]").next().unwrap_or_default();
