@@ -66,7 +66,11 @@ impl<'a> Reader<'a> {
     }
 
     fn literal(&mut self, word: &str) -> Read<()> {
-        if self.peek().is_some() && self.text[self.pos..].starts_with(word) {
+        if self
+            .bytes()
+            .get(self.pos..)
+            .is_some_and(|rest| rest.starts_with(word.as_bytes()))
+        {
             self.pos += word.len();
             Ok(())
         } else {
@@ -167,7 +171,7 @@ impl<'a> Reader<'a> {
             let b = *self.bytes().get(self.pos).ok_or(Invalid)?;
             match b {
                 b'"' => {
-                    let tail = &self.text[run..self.pos];
+                    let tail = sub(self.text, run, self.pos);
                     self.pos += 1;
                     return Ok(match owned {
                         None => Cow::Borrowed(tail),
@@ -179,7 +183,7 @@ impl<'a> Reader<'a> {
                 }
                 b'\\' => {
                     let s = owned.get_or_insert_with(String::new);
-                    s.push_str(&self.text[run..self.pos]);
+                    s.push_str(sub(self.text, run, self.pos));
                     self.pos += 1;
                     let c = self.escape()?;
                     s.push(c);
@@ -207,7 +211,11 @@ impl<'a> Reader<'a> {
             b'u' => {
                 let hi = self.hex4()?;
                 let code = if (0xD800..0xDC00).contains(&hi) {
-                    if !self.text[self.pos..].starts_with("\\u") {
+                    if !self
+                        .bytes()
+                        .get(self.pos..)
+                        .is_some_and(|rest| rest.starts_with(b"\\u"))
+                    {
                         return Err(Invalid);
                     }
                     self.pos += 2;
@@ -278,7 +286,7 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos = pos;
-        Ok(&self.text[start..pos])
+        Ok(sub(self.text, start, pos))
     }
 
     /// A non-negative integer that fits in a `u64`, written without fraction or exponent
@@ -313,7 +321,7 @@ impl<'a> Reader<'a> {
             return Ok(0);
         }
         let (mantissa, exp) = match text.find(['e', 'E']) {
-            Some(i) => (&text[..i], &text[i + 1..]),
+            Some(i) => (sub(text, 0, i), sub(text, i + 1, text.len())),
             None => (text, "0"),
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -393,7 +401,7 @@ impl<'a> Reader<'a> {
             // A value ended: close what it ends, or go on to the next member or element.
             loop {
                 let Some(&close) = open.last() else {
-                    return Ok(&self.text[start..self.pos]);
+                    return Ok(sub(self.text, start, self.pos));
                 };
                 match self.peek() {
                     Some(b',') => {
@@ -672,7 +680,7 @@ pub fn write_str(out: &mut String, s: &str) {
             0..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&s[run..i]);
+        out.push_str(sub(s, run, i));
         if short.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push_str("\\u00");
@@ -683,8 +691,16 @@ pub fn write_str(out: &mut String, s: &str) {
         }
         run = i + 1;
     }
-    out.push_str(&s[run..]);
+    out.push_str(sub(s, run, s.len()));
     out.push('"');
+}
+
+/// `text[start..end]`, or "" if that is not a range of whole characters (never the case
+/// here: every position this module slices at is next to an ASCII byte). Not indexing keeps
+/// the browser build free of str's slicing panic, whose message formats the text with
+/// `Debug` and so links `core::fmt` and the Unicode tables into the wasm.
+fn sub(text: &str, start: usize, end: usize) -> &str {
+    text.get(start..end).unwrap_or_default()
 }
 
 /// Append `n` in decimal (without `core::fmt`).
