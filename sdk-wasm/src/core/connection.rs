@@ -197,7 +197,7 @@ impl Connection {
     }
 
     /// The attempt or connection failed: wait before the next one (on the next URL if the
-    /// attempt never connected). While `online` is false, wait for [`Connection::resume`]
+    /// attempt never connected). While `online` is false, wait for the shell to resume it
     /// instead of a timer. Returns the delay.
     pub fn failed(&mut self, now: u64, random: f64, online: bool) -> u64 {
         match self.phase {

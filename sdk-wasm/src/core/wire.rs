@@ -3,7 +3,7 @@
 //! the JSON the JS API hands out.
 //!
 //! The types are [`tidings_protocol`]'s; only the reading and writing is the SDK's own, with
-//! [`super::json`], to keep serde_json out of the browser bundle (see that module). The
+//! [`tidings_protocol::json`], to keep serde_json out of the browser bundle (see that module). The
 //! host tests hold it to the protocol crate's serde forms: every golden fixture reads to what
 //! `ServerMessage::decode` reads and every client message writes the bytes `serde_json`
 //! writes.

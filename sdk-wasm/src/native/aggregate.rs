@@ -17,9 +17,7 @@ use super::{Error, Pending, request};
 use crate::core::aggregates::{self, AggregateFold, Applied};
 use crate::core::{Position, Reply, SdkError, SubId};
 use crate::wasm::browser;
-use crate::wasm::client::{
-    self as pump, Handlers, Receiver, Settle, Shared, SharedRef, Sink, Waiter,
-};
+use crate::wasm::client::{self as pump, Settle, Shared, SharedRef, Sink};
 use tidings_protocol::aggregate::{Aggregate, Decide, Versioned};
 
 /// The fold and who watches it.
@@ -88,7 +86,7 @@ pub(super) fn open<A: Aggregate + 'static>(
         let mut s = shared.borrow_mut();
         let made = s.core.read(browser::ctx(), id, None);
         if let Ok(req) = made {
-            s.waiters.insert(req, Waiter::Native(settle));
+            s.waiters.insert(req, settle);
         }
         made
     };
@@ -130,7 +128,7 @@ fn loaded<A: Aggregate + 'static>(
         offset: since,
         epoch: None,
     });
-    match pump::subscribe_with(shared, &id, since, Handlers::new(Receiver::Native(sink))) {
+    match pump::subscribe_with(shared, &id, since, sink) {
         Ok(sub) => {
             cell.borrow_mut().sub = Some(sub);
             touch(cell, None);

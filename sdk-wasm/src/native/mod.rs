@@ -1,10 +1,10 @@
 //! The Rust API: the same client as `TidingsClient`, for Rust web frontends (Leptos, Yew,
 //! Dioxus, plain `wasm-bindgen`) compiled to `wasm32-unknown-unknown`.
 //!
-//! [`Client`] drives the same sans-IO [`core`](crate::core) through the same browser pump as the
-//! JS API (one WebSocket, one timer, the `online`/`visibilitychange` listeners), so reconnects,
-//! replay after a reconnect, dedup, the publish outbox and request timeouts behave exactly as
-//! they do for JavaScript. What differs is only the surface: futures instead of promises,
+//! [`Client`] drives the same sans-IO [`core`](crate::core) as the JS API, through a web-sys
+//! pump of its own (`crate::wasm`: one WebSocket, one timer, the `online`/`visibilitychange`
+//! listeners), so reconnects, replay after a reconnect, dedup, the publish outbox and request
+//! timeouts behave exactly as they do for JavaScript. What differs is only the surface: futures instead of promises,
 //! [`Stream`](futures_core::Stream)s instead of callbacks, typed values instead of JS objects.
 //!
 //! ```ignore
@@ -41,7 +41,7 @@ use crate::core::{
     Config, ConnectionState, Core, Ctx, Position, Reply, RequestId, SdkError, SubId,
 };
 use crate::wasm::browser;
-use crate::wasm::client::{self as pump, Handlers, Receiver, Shared, SharedRef, Sink, Waiter};
+use crate::wasm::client::{self as pump, Shared, SharedRef, Sink};
 
 pub use aggregate::AggregateStream;
 pub use cell::Pending;
@@ -174,7 +174,7 @@ impl Client {
     /// # Errors
     /// [`SdkError::InvalidArgument`] (code `INVALID_ARGUMENT`) when no URL is usable.
     pub fn connect(options: Options) -> Result<Client, Error> {
-        let shared = pump::start(options.config, None, None, BTreeMap::new())?;
+        let shared = pump::start(options.config)?;
         Ok(Client {
             owner: Rc::new(Owner { shared }),
         })
@@ -221,8 +221,7 @@ impl Client {
     fn subscribe_at(&self, topic: &str, since: Option<Position>) -> Result<Subscription, Error> {
         let queue = cell::queue();
         let sink = Rc::new(QueueSink(queue.clone()));
-        let handlers = Handlers::new(Receiver::Native(sink));
-        let id = pump::subscribe_with(self.shared(), topic, since, handlers)?;
+        let id = pump::subscribe_with(self.shared(), topic, since, sink)?;
         Ok(Subscription {
             shared: Rc::downgrade(self.shared()),
             id,
@@ -318,9 +317,9 @@ fn request<T: 'static>(
         if let Ok(id) = made {
             s.waiters.insert(
                 id,
-                Waiter::Native(Box::new(move |shared, result| {
+                Box::new(move |shared: &SharedRef, result: Result<Reply, SdkError>| {
                     resolver.settle(result.map_err(Error::from).and_then(|r| convert(shared, r)));
-                })),
+                }),
             );
         }
         made

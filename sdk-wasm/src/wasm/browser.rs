@@ -168,11 +168,6 @@ impl Drop for Listener {
     }
 }
 
-/// sessionStorage, if the page has it (it throws in some privacy modes).
-pub fn session_storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.session_storage().ok().flatten()
-}
-
 /// Whether the page is visible now.
 pub fn page_visible() -> bool {
     web_sys::window()
