@@ -131,7 +131,13 @@ fn messages_are_delivered_ephemeral_and_durable() {
     assert!(
         matches!(out.as_slice(), [Action::Deliver { message, .. }] if message.offset == Some(42))
     );
-    assert_eq!(core.positions()["chat"].epoch.as_deref(), Some("e1a2b3"));
+    assert_eq!(
+        core.positions()
+            .get("chat")
+            .and_then(|p| p.epoch.clone())
+            .as_deref(),
+        Some("e1a2b3")
+    );
     // The same durable message again is a duplicate.
     assert!(feed(&mut core, socket, &fixture("message_durable.json")).is_empty());
     for quiet in [
@@ -229,7 +235,11 @@ fn a_partly_refused_subscribe_fails_only_the_refused_topic() {
         .collect();
     assert_eq!(failed, [(secret, "FORBIDDEN")]);
     assert_eq!(core.topic_of(ok), Some("ok.a"));
-    assert_eq!(core.positions()["ok.a"].offset, 41, "its start position");
+    assert_eq!(
+        core.positions().get("ok.a").map(|p| p.offset),
+        Some(41),
+        "its start position"
+    );
 }
 
 #[test]

@@ -4,11 +4,9 @@
 //! and accept exactly what its clients send: `topics` may be omitted (treated as empty) and
 //! `publish.data` may be omitted (treated as `null`). Every other field is optional.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::Json;
+use crate::{Json, TopicMap};
 
 /// Any message a client may send, tagged by `"type"`.
 ///
@@ -61,7 +59,7 @@ pub struct Subscribe {
     pub topics: Vec<String>,
     /// Per topic, the last position seen: the server first sends what was missed since then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<BTreeMap<String, Position>>,
+    pub since: Option<TopicMap<Position>>,
     /// Client-chosen id echoed in the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,

@@ -16,9 +16,8 @@
 //! the browser cannot read.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
-use crate::{ErrorCode, Json};
+use crate::{ErrorCode, Json, TopicMap};
 
 /// The text is not JSON, or not the shape the caller asked for. Deliberately without detail:
 /// the SDK skips frames it cannot read (a newer server's), so no message is ever shown.
@@ -614,7 +613,7 @@ impl<'a> Fields<'a> {
         &self,
         key: &str,
         value: impl FnMut(&'a str) -> Read<T>,
-    ) -> Read<Option<BTreeMap<String, T>>> {
+    ) -> Read<Option<TopicMap<T>>> {
         self.opt(key)?.map(|v| map(v, value)).transpose()
     }
 }
@@ -640,11 +639,8 @@ pub fn raw(text: &str) -> Read<Json> {
 ///
 /// # Errors
 /// [`Invalid`] when `text` is not an object, or what `value` returns.
-pub fn map<'a, T>(
-    text: &'a str,
-    mut value: impl FnMut(&'a str) -> Read<T>,
-) -> Read<BTreeMap<String, T>> {
-    let mut out = BTreeMap::new();
+pub fn map<'a, T>(text: &'a str, mut value: impl FnMut(&'a str) -> Read<T>) -> Read<TopicMap<T>> {
+    let mut out = TopicMap::new();
     for (key, v) in Fields::of(text)?.0 {
         out.insert(key.into_owned(), value(v)?);
     }

@@ -11,6 +11,8 @@
 //!   `INVALID_MESSAGE` vs `INVALID_MESSAGE_TYPE`.
 //! * [`aggregate`] — the [`Aggregate`] trait: state folded from a stream's events, pure, so the
 //!   server's repository and the browser SDK run the same code.
+//! * [`vecmap`] — [`VecMap`], the small sorted map the messages' per-topic maps are
+//!   ([`TopicMap`]): `BTreeMap`'s order and JSON form, without its code size in the browser.
 //! * [`order`] — the template's Order aggregate, the worked example, with its commands as data
 //!   ([`order::OrderCommand`], decided by [`Decide::handle`]).
 //!
@@ -26,6 +28,7 @@ pub mod json;
 pub mod order;
 mod raw;
 pub mod server;
+pub mod vecmap;
 
 pub use aggregate::{Aggregate, CommandError, Decide, EventError, Versioned};
 pub use client::{ClientMessage, NewEvent, Position};
@@ -34,6 +37,7 @@ pub use decode::{DecodeError, Envelope};
 pub use raw::{InvalidJson, Json};
 pub use serde_json::value::RawValue;
 pub use server::ServerMessage;
+pub use vecmap::{TopicMap, VecMap};
 
 /// The protocol revision this crate speaks; sent in `connected.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;

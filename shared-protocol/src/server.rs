@@ -4,11 +4,9 @@
 //! `heartbeat`, `error`) keep their fields; additions are optional so that a decoder of
 //! this crate also reads a template server's frames.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Json, Position};
+use crate::{ErrorCode, Json, Position, TopicMap};
 
 /// Any message the server may send, tagged by `"type"`.
 #[derive(Debug, Clone, Serialize)]
@@ -78,16 +76,16 @@ pub struct Subscribed {
     pub topics: Vec<String>,
     /// For topics subscribed with `since`: whether every missed message was replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recovered: Option<BTreeMap<String, bool>>,
+    pub recovered: Option<TopicMap<bool>>,
     /// For the durable topics of this request: the position delivery starts after (the
     /// client's `since`, or the topic's latest offset when it gave none). A client that
     /// reconnects resumes from there, so nothing published in between is missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub positions: Option<BTreeMap<String, Position>>,
+    pub positions: Option<TopicMap<Position>>,
     /// Topics of this request that were not subscribed, each with why; the others were. A
     /// request for one topic that is refused gets an `error` instead, as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<BTreeMap<String, Refusal>>,
+    pub refused: Option<TopicMap<Refusal>>,
     /// Echo of the request's `ref`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,

@@ -37,18 +37,17 @@ pub mod requests;
 pub mod streams;
 pub mod subscriptions;
 pub mod token;
-pub mod vecmap;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use tidings_protocol::server::{
     Events, HistoryPage, Member, MemberEvent, Message, PresenceReply, PresenceStats,
 };
-use tidings_protocol::{ClientMessage, Json};
+use tidings_protocol::{ClientMessage, Json, TopicMap};
 pub use tidings_protocol::{NewEvent, Position};
 
 pub use backoff::Backoff;
@@ -390,7 +389,7 @@ impl Core {
     }
 
     /// Every topic's last delivered position (what `persistOffsets` saves).
-    pub fn positions(&self) -> BTreeMap<String, Position> {
+    pub fn positions(&self) -> TopicMap<Position> {
         self.subs.positions()
     }
 
@@ -507,9 +506,9 @@ impl Core {
     }
 }
 
-/// `since` for one topic. (`BTreeMap::from` would build through a stable sort: more wasm.)
-fn one_topic(topic: String, position: Position) -> BTreeMap<String, Position> {
-    let mut map = BTreeMap::new();
+/// `since` for one topic.
+fn one_topic(topic: String, position: Position) -> TopicMap<Position> {
+    let mut map = TopicMap::new();
     map.insert(topic, position);
     map
 }

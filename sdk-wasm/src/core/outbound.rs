@@ -1,10 +1,8 @@
 //! What goes to the server and how requests settle: (re)subscribing, the outbox, retries of
 //! rate-limited requests, the frame-size limit, losing and closing the connection.
 
-use std::collections::BTreeMap;
-
-use tidings_protocol::ClientMessage;
 use tidings_protocol::client::{self, Ping};
+use tidings_protocol::{ClientMessage, TopicMap};
 
 use super::*;
 
@@ -37,7 +35,7 @@ impl Core {
         if topics.is_empty() {
             return;
         }
-        let mut since = BTreeMap::new();
+        let mut since = TopicMap::new();
         for t in &topics {
             if let Some(p) = self.subs.mark_sent(t) {
                 since.insert(t.clone(), p);
@@ -272,7 +270,7 @@ impl Core {
         &mut self,
         ctx: Ctx,
         topics: Vec<String>,
-        since: Option<BTreeMap<String, Position>>,
+        since: Option<TopicMap<Position>>,
     ) {
         let id = self
             .requests

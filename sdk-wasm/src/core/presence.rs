@@ -23,7 +23,7 @@ use tidings_protocol::server::{Member, MemberEvent, PresenceReply};
 
 use super::requests::RequestId;
 use super::subscriptions::SubId;
-use super::vecmap::VecMap;
+use tidings_protocol::VecMap;
 
 /// How many of this client's own connection ids are remembered (an old connection may stay
 /// listed on the server until it notices the connection is gone).

@@ -6,7 +6,7 @@
 //! rate-limited ones are due to be sent again. Every entry has a timer or waits for a socket:
 //! none can stay pending unnoticed.
 
-use super::vecmap::VecMap;
+use tidings_protocol::VecMap;
 
 /// A handle for one request: the shell keeps the JS promise under this id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

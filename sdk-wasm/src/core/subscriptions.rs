@@ -13,9 +13,7 @@
 //!   skipped silently; if the server cannot replay everything it says `recovered: false` and the
 //!   application hears about it through a recovery notice.
 
-use std::collections::BTreeMap;
-
-use super::vecmap::VecMap;
+use tidings_protocol::{TopicMap, VecMap};
 
 use tidings_protocol::Position;
 use tidings_protocol::server::Message;
@@ -171,8 +169,8 @@ impl Subscriptions {
     }
 
     /// Every topic's last delivered position (for persistence).
-    pub fn positions(&self) -> BTreeMap<String, Position> {
-        let mut out = BTreeMap::new();
+    pub fn positions(&self) -> TopicMap<Position> {
+        let mut out = TopicMap::new();
         for (k, t) in self.topics.iter() {
             if let Some(p) = &t.position {
                 out.insert(k.clone(), p.clone());

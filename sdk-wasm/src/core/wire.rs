@@ -13,14 +13,12 @@
 //! twice, a missing required field, a mistyped one and a position above
 //! [`MAX_POSITION`](tidings_protocol::MAX_POSITION) make the frame unreadable.
 
-use std::collections::BTreeMap;
-
 use tidings_protocol::server::{
     Appended, Authenticated, Connected, Error, Events, Heartbeat, HistoryPage, Member, MemberEvent,
     Message, Pong, PresenceReply, PresenceStats, Published, Refusal, Snapshot, StoredEvent,
     Subscribed, Unsubscribed,
 };
-use tidings_protocol::{ClientMessage, Json, Position, ServerMessage};
+use tidings_protocol::{ClientMessage, Json, Position, ServerMessage, TopicMap};
 
 use tidings_protocol::json::{self, Fields, Invalid, ObjectWriter, Read, Reader, write_str};
 
@@ -389,7 +387,7 @@ impl<T: ToJson> ToJson for Vec<T> {
 }
 
 /// Saved positions (`{topic: {offset, epoch?}}`), as the browser keeps them across reloads.
-pub fn positions_to_json(positions: &BTreeMap<String, Position>) -> String {
+pub fn positions_to_json(positions: &TopicMap<Position>) -> String {
     let mut out = String::new();
     let mut o = ObjectWriter::new(&mut out);
     for (topic, p) in positions {
@@ -407,7 +405,7 @@ pub fn positions_to_json(positions: &BTreeMap<String, Position>) -> String {
 ///
 /// # Errors
 /// [`Invalid`] when `text` is not such an object.
-pub fn positions_from_json(text: &str) -> Read<BTreeMap<String, Position>> {
+pub fn positions_from_json(text: &str) -> Read<TopicMap<Position>> {
     json::map(text, position)
 }
 
@@ -561,7 +559,7 @@ mod tests {
 
     #[test]
     fn positions_round_trip() {
-        let mut p = BTreeMap::new();
+        let mut p = TopicMap::new();
         p.insert(
             "a\"b".to_owned(),
             Position {

@@ -21,8 +21,8 @@ use tidings_protocol::server::{Events, Message, StoredEvent};
 use super::{arg, head, id_u32, null, number, request, write_error};
 use crate::core::aggregates::{self, Applied, Model};
 use crate::core::streams::StreamFold;
-use crate::core::vecmap::VecMap;
 use crate::core::{Action, Core, Ctx, NewEvent, Position, Reply, RequestId, SdkError, SubId};
+use tidings_protocol::VecMap;
 
 /// Who folds a stream.
 enum Folder {

@@ -192,7 +192,12 @@ impl Client {
     /// Every topic's last delivered position: pass one to [`Client::subscribe_since`] (after a
     /// page reload, say) to replay what was missed.
     pub fn positions(&self) -> BTreeMap<String, Position> {
-        self.shared().borrow().core.positions()
+        self.shared()
+            .borrow()
+            .core
+            .positions()
+            .into_iter()
+            .collect()
     }
 
     /// The messages of `topic` from now on, in offset order, each once: after a reconnect the

@@ -11,8 +11,8 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use super::browser::{self, Listener, Socket, SocketEvent, Timer};
-use crate::core::vecmap::VecMap;
 use crate::core::{Action, Config, Core, Ctx, Input, Position, Reply, RequestId, SdkError, SubId};
+use tidings_protocol::VecMap;
 use tidings_protocol::server::Message;
 
 /// A Rust subscriber's end.

@@ -9,12 +9,11 @@
 //! code. A reply that finds the queue full makes this task write what is queued first (it is
 //! the one that drains it), so nothing waits on another task.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tidings_protocol::server::{Appended, Error as ErrorFrame, Member, Published, Subscribed};
-use tidings_protocol::{CloseCode, ServerMessage};
+use tidings_protocol::{CloseCode, ServerMessage, TopicMap};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::codec::Incoming;
@@ -401,8 +400,8 @@ async fn subscribe(
 ) -> Result<(), End> {
     let mailbox = &writer.mailbox.clone();
     let mut joined = Vec::new();
-    let mut recovered = BTreeMap::new();
-    let mut positions = BTreeMap::new();
+    let mut recovered = TopicMap::new();
+    let mut positions = TopicMap::new();
     let mut syncs = Vec::new();
     for (topic, new, since) in &request.topics {
         let subscription =

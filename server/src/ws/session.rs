@@ -8,7 +8,7 @@
 //! operations layer, which authorizes and routes publishes, reads and appends.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +20,7 @@ use governor::{Quota, RateLimiter};
 use tidings_protocol::client::{Append, History, PresenceQuery, Publish, Read, Subscribe};
 use tidings_protocol::server::{Authenticated, Connected, Pong, Refusal, Unsubscribed};
 use tidings_protocol::{
-    ClientMessage, ErrorCode, MAX_REF_LEN, PROTOCOL_VERSION, Position, ServerMessage,
+    ClientMessage, ErrorCode, MAX_REF_LEN, PROTOCOL_VERSION, Position, ServerMessage, TopicMap,
 };
 
 use crate::auth::{Authenticator, Identity, unix_seconds};
@@ -59,7 +59,7 @@ pub struct SubscribeAction {
     /// resume position.
     pub topics: Vec<(Arc<str>, bool, Option<Position>)>,
     /// The refused topics and why.
-    pub refused: BTreeMap<String, Refusal>,
+    pub refused: TopicMap<Refusal>,
     /// Every subscription of the connection afterwards, sorted (the reply's `topics`).
     pub all: Vec<String>,
     /// The request's `ref`.
@@ -336,7 +336,7 @@ impl Session {
     /// refused gets an `error`, as it always did.
     fn subscribe(&mut self, env: &Env<'_>, m: Subscribe, out: &mut Vec<Action>) {
         let requested: BTreeSet<&str> = m.topics.iter().map(String::as_str).collect();
-        let mut refused = BTreeMap::new();
+        let mut refused = TopicMap::new();
         let mut topics = Vec::new();
         for name in &requested {
             if let Some(refusal) = self.refuse_subscribe(name) {
