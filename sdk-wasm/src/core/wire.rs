@@ -169,8 +169,13 @@ fn member_event(f: &Fields<'_>) -> Read<MemberEvent> {
     })
 }
 
-/// A `{offset, epoch?}` position, its offset at most `MAX_POSITION`.
-fn position(text: &str) -> Read<Position> {
+/// A `{offset, epoch?}` position (`epoch` may be `null`), its offset at most
+/// [`MAX_POSITION`](tidings_protocol::MAX_POSITION): as frames, saved positions and the JS
+/// API's `since` carry it.
+///
+/// # Errors
+/// [`Invalid`] for another shape or a larger offset.
+pub fn position(text: &str) -> Read<Position> {
     let f = Fields::of(text)?;
     let offset = f.u64("offset")?;
     if offset > tidings_protocol::MAX_POSITION {

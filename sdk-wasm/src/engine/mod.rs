@@ -28,7 +28,7 @@ mod tests;
 use tidings_protocol::json::{self, Fields, Invalid, ObjectWriter, Read, write_str, write_u64};
 
 use crate::core::wire::{self, ToJson};
-use crate::core::{Action, Change, Config, Core, Ctx, Input, Position, Reply, SdkError};
+use crate::core::{Action, Change, Config, Core, Ctx, Input, Reply, SdkError};
 use crate::core::{RequestId, SocketId, SubId};
 
 /// The core with its stream folds, driven by JSON text: what the JS API's wasm exports.
@@ -162,7 +162,7 @@ impl Engine {
         Ok(match f.string("op")?.as_str() {
             "subscribe" => {
                 let topic = f.string("topic")?;
-                let since = f.opt("since")?.map(position).transpose()?;
+                let since = f.opt("since")?.map(wire::position).transpose()?;
                 core.subscribe(ctx, &topic, since)
                     .map(|sub| number(u64::from(sub.0)))
             }
@@ -262,20 +262,6 @@ fn read_config(text: &str) -> Read<Config> {
         c.outbox_capacity = usize::try_from(v).map_err(|_| Invalid)?;
     }
     Ok(c)
-}
-
-/// `subscribe`'s `since`: `{"offset": n, "epoch": s|null}`, the offset at most
-/// [`MAX_POSITION`](tidings_protocol::MAX_POSITION).
-fn position(text: &str) -> Read<Position> {
-    let f = Fields::of(text)?;
-    let offset = f.u64("offset")?;
-    if offset > tidings_protocol::MAX_POSITION {
-        return Err(Invalid);
-    }
-    Ok(Position {
-        offset,
-        epoch: f.opt_string("epoch")?,
-    })
 }
 
 /// A `u32` member `key` (a subscription id or a stream handle).
