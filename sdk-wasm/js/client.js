@@ -147,11 +147,14 @@ export class TidingsClient {
       this.#persistKey = "tidings:offsets:" + urls.join(",");
       this.#saved = loadSaved(this.#persistKey);
     }
-    this.#listen(window, "online", () => this.#feed(ONLINE));
-    this.#listen(window, "offline", () => this.#feed(OFFLINE));
-    this.#listen(document, "visibilitychange", () => {
-      if (document.visibilityState === "visible") this.#feed(VISIBLE);
-    });
+    // A page, or a worker (no `window`, no `document`): listen to what the global scope has.
+    this.#listen(globalThis, "online", () => this.#feed(ONLINE));
+    this.#listen(globalThis, "offline", () => this.#feed(OFFLINE));
+    if (typeof document !== "undefined") {
+      this.#listen(document, "visibilitychange", () => {
+        if (document.visibilityState === "visible") this.#feed(VISIBLE);
+      });
+    }
     // Connect once the constructor's task is done, so handlers registered right after `new`
     // (onStateChange, onError) hear everything, even a token refused at once.
     Promise.resolve().then(() => this.#feed(START));
@@ -291,7 +294,7 @@ export class TidingsClient {
   // ---- the pump ----
 
   #listen(target, event, f) {
-    if (typeof target === "undefined") return;
+    if (typeof target.addEventListener !== "function") return;
     target.addEventListener(event, f);
     this.#listeners.push([target, event, f]);
   }

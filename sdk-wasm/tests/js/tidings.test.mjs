@@ -464,3 +464,37 @@ test("after a reconnect presence reports what changed meanwhile", async () => {
   alice.close();
   carol.close();
 });
+
+test("the client works in a web worker (no window, document or sessionStorage)", async () => {
+  const topic = unique("worker");
+  const page = client(await token("paula", 3600));
+  const got = [];
+  page.subscribe(topic, (m) => got.push(m));
+  await connected(page, "the page's client");
+  await roundTrip(page, topic);
+  const worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
+  try {
+    const reports = [];
+    worker.onmessage = (e) => reports.push(e.data);
+    worker.onerror = (e) => reports.push({ error: `the worker failed: ${e.message}` });
+    const failed = () => reports.find((r) => r.error !== undefined);
+    worker.postMessage({ url: WS, token: await token("wendy", 3600), topic });
+    await waitUntil("the worker subscribed", 20_000, () => reports.length > 0);
+    assert(!failed(), () => `the worker: ${failed().error}`);
+    await ok("the page's publish acknowledged", publish(page, topic, 1));
+    await waitUntil("the worker's report", 20_000, () => reports.length > 1);
+    assert(!failed(), () => `the worker: ${failed().error}`);
+    const out = reports[1];
+    assertEq(out.message.data?.n, 1, "the page's message, received in the worker");
+    assertEq(out.message.offset, 1, "its offset");
+    assertEq(out.ack.offset, 2, "the worker's publish acknowledged at offset 2");
+    assertEq(out.state, "connected", "the worker's state before close()");
+    // A publisher does not receive its own message: the page's first is the worker's.
+    await waitUntil("the page receives the worker's message", 5_000, () => got.length > 0);
+    assertEq(got[0].data?.from, "worker", "the worker's message, received in the page");
+    assertEq(got[0].offset, 2, "its offset");
+  } finally {
+    worker.terminate();
+    page.close();
+  }
+});
